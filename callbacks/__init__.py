@@ -1,0 +1,7 @@
+"""Callbacks: run-folder bookkeeping, prediction writers, reports."""
+
+from callbacks.predictions import PredictionWriter
+from callbacks.reports import TestReport
+from callbacks.run_dir import RunDirectory
+
+__all__ = ["PredictionWriter", "RunDirectory", "TestReport"]

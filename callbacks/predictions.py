@@ -1,0 +1,85 @@
+"""PredictionWriter: stores predict_step outputs with their example ids, one row per example, under DDP too."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from tools.files import write_bytes_atomic
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``<output_dir>/predictions.npz`` with ``ids``, ``index`` and every tensor key of predict_step.
+
+    Each rank writes its own shard; after a barrier rank zero merges them in dataset order, dropping the
+    duplicates that DistributedSampler adds for even shards, and removes the shards.
+    """
+
+    def __init__(self, output_dir: str | None = None, filename: str = "predictions.npz") -> None:
+        """Args:
+        output_dir: folder for the file; default ``<run folder>/predict``.
+        filename: name of the merged file.
+        """
+        super().__init__(write_interval="epoch")
+        self.output_dir = output_dir
+        self.filename = filename
+
+    def _folder(self, trainer: Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        return Path(trainer.default_root_dir) / "predict"
+
+    def write_on_epoch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        predictions: Sequence[Any],
+        batch_indices: Sequence[Any],
+    ) -> None:
+        """Write this rank's shard, then merge on rank zero."""
+        folder = self._folder(trainer)
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        if not batches:
+            return
+        if not isinstance(batches[0], dict) or "index" not in batches[0]:
+            raise ValueError("PredictionWriter needs predict_step to return a dict with an 'index' entry")
+        arrays = {
+            key: torch.cat([b[key].detach().cpu() for b in batches]).numpy()
+            for key, value in batches[0].items()
+            if isinstance(value, torch.Tensor)
+        }
+        shard = folder / f".{self.filename}.rank{trainer.global_rank}.npz"
+        write_bytes_atomic(shard, lambda handle: np.savez(handle, **arrays))
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            self._merge(trainer, folder, trainer.world_size)
+        trainer.strategy.barrier()
+
+    def _merge(self, trainer: Trainer, folder: Path, world_size: int) -> None:
+        shards = [folder / f".{self.filename}.rank{r}.npz" for r in range(world_size)]
+        parts = []
+        for path in shards:
+            with np.load(path) as data:
+                parts.append({k: data[k] for k in data.files})
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        _, first = np.unique(merged["index"], return_index=True)
+        merged = {k: v[first] for k, v in merged.items()}  # sorted by index, duplicates dropped
+        ids = _example_ids(trainer)
+        if ids is not None:
+            merged["ids"] = np.asarray([ids[i] for i in merged["index"]])
+        write_bytes_atomic(folder / self.filename, lambda handle: np.savez(handle, **merged))
+        for path in shards:
+            path.unlink(missing_ok=True)
+
+
+def _example_ids(trainer: Trainer) -> list[str] | None:
+    datamodule = trainer.datamodule
+    if datamodule is None or not hasattr(datamodule, "example_ids"):
+        return None
+    return datamodule.example_ids(datamodule.hparams.predict_split)

@@ -1,0 +1,101 @@
+"""RunDirectory: saves the resolved config into the run folder, sends it to W&B, records fit/test summaries."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+
+from tools.files import unique_path, write_json_atomic, write_text_atomic
+from tools.run_config import remember_wandb_run
+from tools.run_dirs import CHECKPOINT_DIR, FIT_SUMMARY
+
+
+def metrics_to_floats(metrics: dict[str, Any]) -> dict[str, float]:
+    """Scalar tensors -> floats (NaN kept as None so the JSON stays valid)."""
+    out: dict[str, float] = {}
+    for key, value in sorted(metrics.items()):
+        number = float(value.item() if isinstance(value, torch.Tensor) else value)
+        out[key] = None if math.isnan(number) else number
+    return out
+
+
+class RunDirectory(SaveConfigCallback):
+    """Config saving for synthpriv runs (replaces Lightning's SaveConfigCallback).
+
+    Writes ``config.yaml`` for a new fit, ``config.resume.N.yaml`` when a fit resumes and ``config.<stage>.yaml``
+    for validate/test/predict, never replacing an earlier file; pushes the full resolved config to every W&B
+    logger; writes ``fit_summary.json`` after a completed fit and ``<stage>/metrics.json`` after validate/test.
+    """
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder chosen by the CLI (``run.root/run.study/run.name``)."""
+        run = self.config.run
+        return Path(run.root) / run.study / run.name
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Save the config once per process group (rank zero writes)."""
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            if stage == "fit":
+                resuming = self.config.get("ckpt_path") is not None
+                target = unique_path(self.run_dir / "config.resume.yaml") if resuming else self.run_dir / "config.yaml"
+            else:
+                target = unique_path(self.run_dir / f"config.{stage}.yaml")
+            text = self.parser.dump(self.config, skip_none=False, format="yaml")
+            write_text_atomic(target, text)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Send the full resolved config to W&B (rank zero only: no collectives here)."""
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+        if stage == "fit":
+            remember_wandb_run(trainer.loggers, self.run_dir)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Record a completed fit; the study runner treats this file as the fit step's output."""
+        if not trainer.is_global_zero or trainer.interrupted or trainer.fast_dev_run:
+            return
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        summary = {
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "best_checkpoint": Path(best).name if best else None,
+            "best_score": metrics_to_floats({"s": trainer.checkpoint_callback.best_model_score})["s"]
+            if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None
+            else None,
+            "monitor": trainer.checkpoint_callback.monitor if trainer.checkpoint_callback else None,
+            "checkpoint_dir": CHECKPOINT_DIR,
+            "metrics": metrics_to_floats(trainer.callback_metrics),
+            "seed": self.config.get("seed_everything"),
+        }
+        write_json_atomic(self.run_dir / FIT_SUMMARY, summary)
+
+    def _write_stage_metrics(self, trainer: Trainer, stage: str) -> None:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        payload = {
+            "ckpt_path": self.config.get("ckpt_path"),
+            "metrics": metrics_to_floats(trainer.callback_metrics),
+        }
+        write_json_atomic(self.run_dir / stage / "metrics.json", payload)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After `synthpriv validate`, write validate/metrics.json."""
+        if trainer.state.fn == "validate":
+            self._write_stage_metrics(trainer, "validate")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After `synthpriv test`, write test/metrics.json."""
+        self._write_stage_metrics(trainer, "test")

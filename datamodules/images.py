@@ -1,0 +1,261 @@
+"""ImageFolderDataModule: ``root/<class>/<image>`` trees, several training sources, one class list."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.folders import (
+    LAYOUT,
+    Sample,
+    check_same_classes,
+    find_unreadable,
+    load_rgb,
+    read_image_size,
+    scan_class_folders,
+    stratified_split,
+)
+from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformPreset, build_transform
+
+log = logging.getLogger(__name__)
+Split = Literal["train", "val", "test"]
+
+
+class ImageFileDataset(Dataset):
+    """Images from a list of samples; items are dicts with ``image``, ``label`` and ``index``."""
+
+    def __init__(self, samples: list[Sample], transform: Any) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        return {"image": self.transform(load_rgb(sample.path)), "label": sample.label, "index": index}
+
+
+class ImageFolderDataModule(LightningDataModule):
+    """Real and/or synthetic image folders sharing one class list."""
+
+    def __init__(
+        self,
+        train_roots: str | list[str] | None = None,
+        train_fractions: list[float] | None = None,
+        val_root: str | None = None,
+        val_fraction: float = 0.1,
+        test_root: str | None = None,
+        predict_split: Split = "test",
+        class_names: list[str] | None = None,
+        image_size: int | None = None,
+        transform: TransformPreset = "none",
+        normalize: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        split_seed: int = 0,
+        on_corrupt: Literal["error", "skip"] = "error",
+        check_images: bool = True,
+    ) -> None:
+        """Scan the folders and fix the class list (cheap: no image is decoded here).
+
+        Args:
+            train_roots: one or more training folders laid out as <root>/<class>/<image> (e.g. real and
+                synthetic images).
+            train_fractions: per-source share of images used (seeded subset, 0..1); default all of each.
+            val_root: explicit validation folder; when unset, val_fraction of the pooled training images is
+                held out (stratified, seeded by split_seed).
+            val_fraction: held-out share of the training images when val_root is unset; 0 disables validation.
+            test_root: real test folder.
+            predict_split: which split `predict` runs on.
+            class_names: class names in label order; default the sorted class folders of the first source.
+            image_size: resize every image to this square size; default the first image's native size.
+            transform: training augmentation preset: none, cifar (crop + flip) or tckr (flip, AugMix, crop).
+            normalize: subtract mean and divide by std after scaling to [0, 1].
+            mean: per-channel normalisation mean.
+            std: per-channel normalisation std.
+            batch_size: training batch size.
+            eval_batch_size: batch size for val/test/predict; default batch_size.
+            num_workers: DataLoader worker processes.
+            split_seed: seed of the validation split and of per-source subsets (separate from the training seed).
+            on_corrupt: 'error' lists unreadable files and stops; 'skip' drops them and counts them.
+            check_images: decode every image once at setup to find corrupt files early.
+        """
+        super().__init__()
+        roots = [train_roots] if isinstance(train_roots, str) else list(train_roots or [])
+        fractions = list(train_fractions) if train_fractions is not None else [1.0] * len(roots)
+        if len(fractions) != len(roots):
+            raise ValueError(f"data.train_fractions has {len(fractions)} values for {len(roots)} train_roots")
+        for f in fractions:
+            if not 0.0 <= f <= 1.0:
+                raise ValueError(f"data.train_fractions values must be in [0, 1]; got {f}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1); got {val_fraction}")
+        if not roots and test_root is None and val_root is None:
+            raise ValueError("data: give at least one of train_roots, val_root, test_root")
+        self.skipped_files: list[Path] = []
+        self._datasets: dict[str, ImageFileDataset] = {}
+
+        scans = {f"train_roots[{k}]": scan_class_folders(r, f"data.train_roots[{k}]") for k, r in enumerate(roots)}
+        if val_root is not None:
+            scans["val_root"] = scan_class_folders(val_root, "data.val_root")
+        if test_root is not None:
+            scans["test_root"] = scan_class_folders(test_root, "data.test_root")
+        first = next(iter(scans.values()))
+        self._class_names = list(class_names) if class_names is not None else sorted(first)
+        if len(self._class_names) < 2:
+            raise ValueError(f"data: need at least 2 classes; found {self._class_names} in {next(iter(scans))}")
+        for what, scan in scans.items():
+            check_same_classes(self._class_names, sorted(scan), f"data.{what} ({_root_of(what, roots, val_root, test_root)})")
+
+        train: list[Sample] = []
+        for k, root in enumerate(roots):
+            samples = self._samples(scans[f"train_roots[{k}]"], f"train{k}")
+            if fractions[k] < 1.0:
+                rng = np.random.default_rng([split_seed, k])
+                keep = np.sort(rng.choice(len(samples), int(round(fractions[k] * len(samples))), replace=False))
+                samples = [samples[i] for i in keep]
+            train += samples
+        self._samples_by_split: dict[str, list[Sample]] = {"train": train, "val": [], "test": []}
+        if val_root is not None:
+            self._samples_by_split["val"] = self._samples(scans["val_root"], "val")
+        elif val_fraction > 0 and train:
+            keep, held = stratified_split(np.array([s.label for s in train]), val_fraction, split_seed)
+            self._samples_by_split["val"] = [train[i] for i in held]
+            self._samples_by_split["train"] = [train[i] for i in keep]
+        if test_root is not None:
+            self._samples_by_split["test"] = self._samples(scans["test_root"], "test")
+        # class_names stays out of the hparams: the resolved list reaches the model through the CLI link, and
+        # Lightning refuses differing values under one key in model and data hparams.
+        self.save_hyperparameters(ignore=["class_names"])
+        any_sample = next(s for split in self._samples_by_split.values() for s in split)
+        self._input_size = image_size if image_size is not None else read_image_size(any_sample.path)
+        norm = (mean, std) if normalize else (None, None)
+        self.mean, self.std = norm
+        self._transforms = {
+            train_flag: build_transform(transform, self._input_size, image_size is not None, *norm, train=train_flag)
+            for train_flag in (True, False)
+        }
+
+    def _samples(self, scan: dict[str, list[Path]], tag: str) -> list[Sample]:
+        return [
+            Sample(path, self._class_names.index(name), f"{tag}/{name}/{path.name}")
+            for name in self._class_names
+            for path in scan[name]
+        ]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (linked into the model)."""
+        return len(self._class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order (linked into the model)."""
+        return list(self._class_names)
+
+    @property
+    def input_size(self) -> int:
+        """Side in pixels of the images the model receives (linked into the model)."""
+        return self._input_size
+
+    def samples(self, split: Split) -> list[Sample]:
+        """The samples of a split, in dataset-index order."""
+        return list(self._samples_by_split[split])
+
+    def example_ids(self, split: Split) -> list[str]:
+        """Stable example ids (source tag / class / file name) of a split, in dataset-index order."""
+        return [s.example_id for s in self._samples_by_split[split]]
+
+    def _checked(self, split: Split) -> list[Sample]:
+        samples = self._samples_by_split[split]
+        if not self.hparams.check_images:
+            return samples
+        bad = find_unreadable(samples)
+        if not bad:
+            return samples
+        if self.hparams.on_corrupt == "error":
+            listing = "\n".join(f"  {p}: {reason}" for p, reason in bad[:20])
+            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+            raise OSError(
+                f"data: {len(bad)} unreadable image file(s) in the {split} split:\n{listing}{more}\n"
+                "Fix or remove them, or set data.on_corrupt=skip to leave them out."
+            )
+        bad_paths = {p for p, _ in bad}
+        self.skipped_files += sorted(bad_paths)
+        log.warning("data: skipped %d unreadable image(s) in the %s split", len(bad_paths), split)
+        kept = [s for s in samples if s.path not in bad_paths]
+        self._samples_by_split[split] = kept
+        return kept
+
+    def setup(self, stage: str) -> None:
+        """Check the images of the splits this stage needs and build their datasets."""
+        needed: dict[str, Sequence[Split]] = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": (self.hparams.predict_split,),
+        }
+        for split in needed[stage]:
+            if split in self._datasets:
+                continue
+            if not self._samples_by_split[split]:
+                if stage == "fit" and split == "val":
+                    continue  # training without validation is allowed (val_fraction 0, no val_root)
+                raise ValueError(f"data: the {split} split is empty; {_how_to_fill(split)} (layout {LAYOUT})")
+            samples = self._checked(split)
+            self._datasets[split] = ImageFileDataset(samples, self._transforms[split == "train"])
+
+    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        batch = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
+        return DataLoader(
+            self._datasets[split],
+            batch_size=batch,
+            shuffle=shuffle,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches (none when there is no validation split)."""
+        return self._loader("val", shuffle=False) if "val" in self._datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches."""
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of ``predict_split`` in index order."""
+        return self._loader(self.hparams.predict_split, shuffle=False)
+
+
+def _root_of(what: str, roots: list[str], val_root: str | None, test_root: str | None) -> str:
+    if what == "val_root":
+        return str(val_root)
+    if what == "test_root":
+        return str(test_root)
+    return str(roots[int(what[len("train_roots[") : -1])])
+
+
+def _how_to_fill(split: str) -> str:
+    return {
+        "train": "set data.train_roots",
+        "val": "set data.val_root or a val_fraction > 0",
+        "test": "set data.test_root",
+    }[split]

@@ -1,0 +1,45 @@
+"""Transform presets for image classifiers (torchvision v2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+TransformPreset = Literal["none", "cifar", "tckr"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_transform(
+    preset: TransformPreset,
+    image_size: int,
+    resize: bool,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    train: bool,
+) -> v2.Compose:
+    """PIL RGB image -> normalised float tensor.
+
+    Presets (training only; evaluation always gets resize + normalise):
+      none: no augmentation.
+      cifar: random crop with 1/8 padding (4 px at 32 px) and horizontal flip (SemSim's ``crop`` mode).
+      tckr: horizontal flip, AugMix, random crop with 10 % padding (TCKR's classifier recipe).
+    """
+    steps: list[v2.Transform] = [v2.ToImage()]
+    if resize:
+        steps.append(v2.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC, antialias=True))
+    if train and preset == "cifar":
+        steps += [v2.RandomCrop(image_size, padding=max(1, image_size // 8)), v2.RandomHorizontalFlip()]
+    elif train and preset == "tckr":
+        steps += [
+            v2.RandomHorizontalFlip(),
+            v2.AugMix(),
+            v2.RandomCrop(image_size, padding=max(1, round(0.1 * image_size))),
+        ]
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if mean is not None and std is not None:
+        steps.append(v2.Normalize(mean=list(mean), std=list(std)))
+    return v2.Compose(steps)

@@ -1,0 +1,1 @@
+"""Pure privacy algorithms (no Lightning): attacks, anonymisers and leakage metrics."""

@@ -1,0 +1,74 @@
+"""Shared helpers for tests that drive `cli.main` with tiny configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+from fixtures_images import make_image_tree
+
+CLASSES = {"ant": 8, "bee": 8, "cow": 8}
+
+
+def tiny_dataset(root: Path, classes: dict[str, int] | None = None, size: int = 16) -> Path:
+    """train/val/test class folders of small PNGs under ``root``."""
+    classes = classes or CLASSES
+    for offset, split in enumerate(("train", "val", "test")):
+        make_image_tree(root / split, classes, size=size, seed=offset)
+    return root
+
+
+def tiny_config(
+    path: Path, data_root: Path, backbone: str = "resnet8-1", max_epochs: int = 1, **model_args: Any
+) -> Path:
+    """A complete fit/test config for a tiny run on CPU."""
+    config = {
+        "seed_everything": 7,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": max_epochs,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 1,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"monitor": "val/acc", "mode": "max", "save_last": True},
+                }
+            ],
+        },
+        "model": {"class_path": "ImageClassifier", "init_args": {"backbone": backbone, **model_args}},
+        "data": {
+            "class_path": "ImageFolderDataModule",
+            "init_args": {
+                "train_roots": str(data_root / "train"),
+                "val_root": str(data_root / "val"),
+                "test_root": str(data_root / "test"),
+                "batch_size": 8,
+                "image_size": 32,
+            },
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def state_of(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """Model weights stored in a Lightning checkpoint."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+class CrashAtEpoch(Callback):
+    """Simulates a crash at the start of a given epoch (after the previous epoch's checkpoint)."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")

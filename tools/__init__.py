@@ -1,0 +1,1 @@
+"""Non-training tools (jsonargparse subcommands of `synthpriv`) and shared file / run-folder helpers."""

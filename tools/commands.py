@@ -1,0 +1,21 @@
+"""The non-training subcommands of `synthpriv`, parsed by jsonargparse (typed, --help, --config)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from jsonargparse import auto_cli
+
+from tools.bundled_data import materialise_dataset
+from tools.study import run_study
+
+TOOLS: dict[str, Callable[..., Any]] = {
+    "data": materialise_dataset,
+    "run": run_study,
+}
+
+
+def run_tool(argv: list[str]) -> None:
+    """Dispatch ``argv`` (starting with the tool name) to its function."""
+    auto_cli(TOOLS, args=argv, as_positional=True)

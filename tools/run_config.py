@@ -1,0 +1,99 @@
+"""Point a parsed LightningCLI config at its run folder: trainer root, loggers, checkpoints, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from tools.run_dirs import (
+    CHECKPOINT_DIR,
+    RunOptions,
+    is_primary_process,
+    prepare_fit,
+    resolve_checkpoint,
+    run_directory,
+)
+
+WANDB_ID_FILE = "wandb_run_id.txt"
+CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+
+
+def configure_run(cfg: Namespace, subcommand: str) -> Path:
+    """Resolve the run folder of one subcommand's config in place and return it."""
+    model_class = str(cfg.model.class_path) if cfg.get("model") and cfg.model.get("class_path") else "model"
+    options = RunOptions(**cfg.run.as_dict()) if isinstance(cfg.run, Namespace) else cfg.run
+    run_dir = run_directory(options, model_class.rsplit(".", 1)[-1].lower())
+    cfg.run.name = run_dir.name  # the saved config names the run explicitly
+    if subcommand == "fit":
+        cfg.ckpt_path = prepare_fit(run_dir, options.if_exists, cfg.get("ckpt_path"))
+    else:
+        cfg.ckpt_path = resolve_checkpoint(run_dir, cfg.get("ckpt_path"))
+    if is_primary_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.trainer.default_root_dir = str(run_dir)
+    cfg.trainer.logger = _configure_loggers(cfg.trainer.get("logger"), run_dir, options, subcommand, cfg.ckpt_path)
+    return run_dir
+
+
+def _configure_loggers(
+    logger: Any, run_dir: Path, options: RunOptions, subcommand: str, ckpt_path: str | None
+) -> Any:
+    if logger is False:
+        return False
+    if logger is None or logger is True:
+        return Namespace(class_path=CSV_LOGGER, init_args=Namespace(save_dir=str(run_dir), name="logs"))
+    loggers = logger if isinstance(logger, list) else [logger]
+    for item in loggers:
+        if not isinstance(item, Namespace) or "init_args" not in item:
+            continue
+        args = item.init_args
+        if "save_dir" in args and args.save_dir in (None, ".", ""):
+            args.save_dir = str(run_dir)
+        if str(item.class_path).endswith("WandbLogger"):
+            _configure_wandb(item, run_dir, options, subcommand, ckpt_path)
+    return logger
+
+
+def _configure_wandb(item: Namespace, run_dir: Path, options: RunOptions, subcommand: str, ckpt_path: str | None) -> None:
+    """One W&B run per CLI call, grouped by run; a resumed fit continues its own W&B run."""
+    args = item.init_args
+    if args.get("name") is None:
+        args.name = f"{options.study}/{run_dir.name}/{subcommand}"
+    extra = dict(item.get("dict_kwargs") or {})
+    extra.setdefault("group", f"{options.study}/{run_dir.name}")
+    extra.setdefault("job_type", subcommand)
+    id_file = run_dir / WANDB_ID_FILE
+    if subcommand == "fit" and ckpt_path is not None and args.get("id") is None and id_file.is_file():
+        args.id = id_file.read_text().strip()
+        extra.setdefault("resume", "allow")
+    item.dict_kwargs = extra
+
+
+def ensure_checkpointing(callbacks: list[Callback] | None, run_dir: Path, enabled: bool) -> list[Callback]:
+    """Every ModelCheckpoint writes into ``<run>/checkpoints`` with ``last.ckpt``; add one if none is configured."""
+    callbacks = list(callbacks or [])
+    if not enabled:
+        return callbacks
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if not checkpoints:
+        checkpoints = [ModelCheckpoint(filename="epoch{epoch:03d}", auto_insert_metric_name=False)]
+        callbacks += checkpoints
+    for checkpoint in checkpoints:
+        if checkpoint.dirpath is None:
+            checkpoint.dirpath = str(run_dir / CHECKPOINT_DIR)
+    checkpoints[0].save_last = True
+    return callbacks
+
+
+def remember_wandb_run(trainer_loggers: list[Any], run_dir: Path) -> None:
+    """Store the W&B run id of a fit so that resuming continues the same W&B run."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from tools.files import write_text_atomic
+
+    for logger in trainer_loggers:
+        if isinstance(logger, WandbLogger) and not (run_dir / WANDB_ID_FILE).exists():
+            write_text_atomic(run_dir / WANDB_ID_FILE, str(logger.experiment.id))
