@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ import lightning_modules  # noqa: F401
 from callbacks.run_dir import RunDirectory
 from tools.commands import TOOLS, run_tool
 from tools.run_config import configure_run, ensure_checkpointing
-from tools.run_dirs import RunOptions
+from tools.run_dirs import RunExistsError, RunOptions
 
 TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
+# Errors raised for bad user input (paths, configs, data); anything else keeps its traceback.
+INPUT_ERRORS = (RunExistsError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, OSError)
 OVERVIEW = """usage: synthpriv <command> [options]   (synthpriv <command> --help for each)
 
 training (LightningCLI; --config YAML files, --print_config):
@@ -70,14 +73,23 @@ class SynthPrivCLI(LightningCLI):
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the `synthpriv` console script."""
+    """Entry point of the `synthpriv` console script.
+
+    From the shell, input errors end with a one-line message (SYNTHPRIV_DEBUG=1 shows the traceback);
+    called with ``args`` (tests, scripts) they propagate as exceptions.
+    """
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in TOOLS:
-        run_tool(argv)
-    elif not argv or argv[0] in ("-h", "--help"):
-        print(OVERVIEW)
-    else:
-        SynthPrivCLI(args=args)
+    try:
+        if argv and argv[0] in TOOLS:
+            run_tool(argv)
+        elif not argv or argv[0] in ("-h", "--help"):
+            print(OVERVIEW)
+        else:
+            SynthPrivCLI(args=args)
+    except INPUT_ERRORS as err:
+        if args is not None or os.environ.get("SYNTHPRIV_DEBUG"):
+            raise
+        sys.exit(f"synthpriv: error: {err}")
 
 
 if __name__ == "__main__":

@@ -54,14 +54,24 @@ class TestReport(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep images until the grid is full."""
-        have = sum(len(x) for x in self._images)
-        if have >= self.num_images or not trainer.is_global_zero or not isinstance(outputs, dict):
+        """Keep up to an equal share of images per class until the grid is full (test sets are often sorted)."""
+        if not trainer.is_global_zero or not isinstance(outputs, dict):
             return
-        take = self.num_images - have
-        self._images.append(batch["image"][:take].detach().cpu())
-        self._labels.append(batch["label"][:take].detach().cpu())
-        self._preds.append(outputs["logits"][:take].argmax(dim=1).cpu())
+        quota = -(-self.num_images // pl_module.hparams["num_classes"])
+        labels = batch["label"].detach().cpu()
+        have = sum(len(x) for x in self._labels)
+        counts = torch.bincount(torch.cat([*self._labels, labels[:0]]), minlength=pl_module.hparams["num_classes"])
+        keep = []
+        for i, label in enumerate(labels.tolist()):
+            if have + len(keep) >= self.num_images:
+                break
+            if counts[label] < quota:
+                counts[label] += 1
+                keep.append(i)
+        if keep:
+            self._images.append(batch["image"][keep].detach().cpu())
+            self._labels.append(labels[keep])
+            self._preds.append(outputs["logits"][keep].argmax(dim=1).cpu())
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write the grid and the summary on rank zero."""

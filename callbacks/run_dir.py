@@ -43,10 +43,11 @@ class RunDirectory(SaveConfigCallback):
         """Save the config once per process group (rank zero writes)."""
         if self.already_saved:
             return
+        stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn enum
         if trainer.is_global_zero:
             if stage == "fit":
-                resuming = self.config.get("ckpt_path") is not None
-                target = unique_path(self.run_dir / "config.resume.yaml") if resuming else self.run_dir / "config.yaml"
+                first = self.run_dir / "config.yaml"
+                target = unique_path(self.run_dir / "config.resume.yaml") if first.exists() else first
             else:
                 target = unique_path(self.run_dir / f"config.{stage}.yaml")
             text = self.parser.dump(self.config, skip_none=False, format="yaml")
