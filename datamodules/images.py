@@ -79,7 +79,7 @@ class ImageFolderDataModule(LightningDataModule):
             test_root: real test folder.
             predict_split: which split `predict` runs on.
             class_names: class names in label order; default the sorted class folders of the first source.
-            image_size: resize every image to this square size; default the first image's native size.
+            image_size: resize every image to this square size; default the first image's longer side.
             transform: training augmentation preset: none, cifar (crop + flip) or tckr (flip, AugMix, crop).
             normalize: subtract mean and divide by std after scaling to [0, 1].
             mean: per-channel normalisation mean.
@@ -138,12 +138,17 @@ class ImageFolderDataModule(LightningDataModule):
         # class_names stays out of the hparams: the resolved list reaches the model through the CLI link, and
         # Lightning refuses differing values under one key in model and data hparams.
         self.save_hyperparameters(ignore=["class_names"])
-        any_sample = next(s for split in self._samples_by_split.values() for s in split)
-        self._input_size = image_size if image_size is not None else read_image_size(any_sample.path)
+        all_samples = [s for split in self._samples_by_split.values() for s in split]
+        if not all_samples:
+            raise ValueError(
+                "data: no images left in any split (check data.train_fractions, which may round a source to 0 images)"
+            )
+        self._input_size = image_size if image_size is not None else _first_readable_size(all_samples)
         norm = (mean, std) if normalize else (None, None)
         self.mean, self.std = norm
         self._transforms = {
-            train_flag: build_transform(transform, self._input_size, image_size is not None, *norm, train=train_flag)
+            # Always resize to input_size: sources of other sizes must still batch together.
+            train_flag: build_transform(transform, self._input_size, True, *norm, train=train_flag)
             for train_flag in (True, False)
         }
 
@@ -243,6 +248,16 @@ class ImageFolderDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Batches of ``predict_split`` in index order."""
         return self._loader(self.hparams.predict_split, shuffle=False)
+
+
+def _first_readable_size(samples: list[Sample]) -> int:
+    """Side of the first image that opens (corrupt files are reported at setup, not here)."""
+    for sample in samples:
+        try:
+            return read_image_size(sample.path)
+        except Exception:  # PIL raises many types; find_unreadable lists them at setup
+            continue
+    raise OSError(f"data: none of the {len(samples)} image files could be read, e.g. {samples[0].path}")
 
 
 def _root_of(what: str, roots: list[str], val_root: str | None, test_root: str | None) -> str:

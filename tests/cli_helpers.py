@@ -38,7 +38,7 @@ def tiny_config(
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"monitor": "val/acc", "mode": "max", "save_last": True},
+                    "init_args": {"monitor": "val/acc", "mode": "max"},
                 }
             ],
         },

@@ -205,11 +205,6 @@ def test_val_fraction_out_of_range(tree: Path, bad: float) -> None:
     assert str(bad) in msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: train_fractions=[0.0] as the only source empties every split and __init__ raises a "
-    "bare StopIteration (images.py `any_sample = next(...)`) instead of a ValueError naming the option",
-)
 def test_all_training_images_dropped_gives_clear_error(tree: Path) -> None:
     with pytest.raises(ValueError, match="train_fractions"):
         _dm(str(tree), train_fractions=[0.0])
@@ -264,12 +259,6 @@ def test_check_images_off_defers_errors_to_loading(tree: Path) -> None:
         ds[index]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: with image_size unset, __init__ reads the size of the first sample via "
-    "read_image_size (no error handling), so a corrupt first file raises UnidentifiedImageError in __init__ "
-    "even with on_corrupt='skip'",
-)
 def test_corrupt_first_image_skipped(tree: Path) -> None:
     bad = tree / "cat" / "0.png"
     bad.write_bytes(b"garbage" * 10)
@@ -407,7 +396,9 @@ def test_normalize_uses_mean_and_std(tree: Path) -> None:
     x = raw._datasets["train"][0]["image"]
     y = norm._datasets["train"][0]["image"]
     assert 0.0 <= x.min() and x.max() <= 1.0
-    expected = (x - torch.tensor([0.5, 0.25, 0.0])[:, None, None]) / torch.tensor([0.5, 0.25, 2.0])[:, None, None]
+    expected = (x - torch.tensor([0.5, 0.25, 0.0])[:, None, None]) / torch.tensor([0.5, 0.25, 2.0])[
+        :, None, None
+    ]
     torch.testing.assert_close(y, expected)
 
 
@@ -495,12 +486,6 @@ def test_native_size_is_input_size(tmp_path: Path) -> None:
     assert _dm(str(root)).input_size == 12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: with image_size unset, input_size is the first image's side but images of other "
-    "sources are not resized to it (build_transform gets resize=False), so items of a 24 px source come out "
-    "24 px while input_size says 16 and batches mixing them cannot be collated",
-)
 def test_mixed_size_sources_match_input_size(tmp_path: Path) -> None:
     small = make_image_tree(tmp_path / "real", {"a": 2, "b": 2}, size=16)
     large = make_image_tree(tmp_path / "synth", {"a": 2, "b": 2}, size=24)

@@ -36,7 +36,7 @@ ALL_BACKBONES = [
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Single-threaded CPU kernels: on small shared runners the OpenMP pool can make a tiny forward take seconds."""
+    """One CPU thread: on small shared runners the OpenMP pool makes tiny forwards take seconds."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -144,7 +144,9 @@ def test_bn_momentum_applied_everywhere(name: str) -> None:
 def test_bn_momentum_default_and_none() -> None:
     assert all(m.momentum == 0.1 for m in _bn_layers(build_backbone("mobilenet_v3_small", 3)))
     # None keeps torchvision's own MobileNetV3 value.
-    assert all(m.momentum == 0.01 for m in _bn_layers(build_backbone("mobilenet_v3_small", 3, bn_momentum=None)))
+    assert all(
+        m.momentum == 0.01 for m in _bn_layers(build_backbone("mobilenet_v3_small", 3, bn_momentum=None))
+    )
 
 
 # --------------------------------------------------------------------------- weights
@@ -240,7 +242,10 @@ def test_lightning_checkpoint_loads(tmp_path: Path) -> None:
     source = build_backbone("resnet8-1", 4)
     ckpt = {
         "epoch": 3,
-        "state_dict": {**{f"model.{k}": v for k, v in source.state_dict().items()}, "criterion.weight": torch.ones(4)},
+        "state_dict": {
+            **{f"model.{k}": v for k, v in source.state_dict().items()},
+            "criterion.weight": torch.ones(4),
+        },
     }
     path = tmp_path / "last.ckpt"
     torch.save(ckpt, path)

@@ -73,19 +73,25 @@ def _configure_wandb(item: Namespace, run_dir: Path, options: RunOptions, subcom
 
 
 def ensure_checkpointing(callbacks: list[Callback] | None, run_dir: Path, enabled: bool) -> list[Callback]:
-    """Every ModelCheckpoint writes into ``<run>/checkpoints`` with ``last.ckpt``; add one if none is configured."""
+    """Checkpoints of a run live in ``<run>/checkpoints``; ``last.ckpt`` is always the latest epoch.
+
+    Lightning 2.6 refreshes a monitoring ModelCheckpoint's ``last.ckpt`` only when a new best is saved, which
+    makes it stale for resuming; so configured checkpoints get ``save_last=False`` and a dedicated
+    monitor-less checkpoint named ``last`` is rewritten after every epoch.
+    """
     callbacks = list(callbacks or [])
     if not enabled:
         return callbacks
-    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
-    if not checkpoints:
-        checkpoints = [ModelCheckpoint(filename="epoch{epoch:03d}", auto_insert_metric_name=False)]
-        callbacks += checkpoints
-    for checkpoint in checkpoints:
-        if checkpoint.dirpath is None:
-            checkpoint.dirpath = str(run_dir / CHECKPOINT_DIR)
-    checkpoints[0].save_last = True
-    return callbacks
+    ckpt_dir = str(run_dir / CHECKPOINT_DIR)
+    for checkpoint in callbacks:
+        if isinstance(checkpoint, ModelCheckpoint):
+            if checkpoint.dirpath is None:
+                checkpoint.dirpath = ckpt_dir
+            checkpoint.save_last = False
+    latest = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+    )
+    return [*callbacks, latest]
 
 
 def remember_wandb_run(trainer_loggers: list[Any], run_dir: Path) -> None:
