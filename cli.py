@@ -65,11 +65,11 @@ class SynthPrivCLI(LightningCLI):
         if subcommand:
             self.run_dir = configure_run(self.config[subcommand], subcommand)
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+    def _instantiate_trainer(self, config: dict[str, Any], extra_callbacks: list[Any]) -> Any:
         enabled = config.get("enable_checkpointing") is not False and not config.get("fast_dev_run")
         if self.run_dir is not None:
             config["callbacks"] = ensure_checkpointing(config.get("callbacks"), self.run_dir, enabled)
-        return super()._instantiate_trainer(config, callbacks)
+        return super()._instantiate_trainer(config, extra_callbacks)
 
 
 def main(args: ArgsType = None) -> None:

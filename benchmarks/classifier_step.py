@@ -22,7 +22,7 @@ from lightning import Callback, Trainer
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lightning_modules import ImageClassifier  # noqa: E402
+from lightning_modules import ImageClassifier
 
 
 class RandomImages(Dataset):
@@ -46,12 +46,12 @@ class StepTimer(Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup, self.start, self.end = warmup, 0.0, 0.0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
             _sync(pl_module.device)
             self.start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         _sync(pl_module.device)
         self.end = time.perf_counter()
 

@@ -8,15 +8,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from lightning import LightningModule, Trainer  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-from lightning.pytorch.loggers import WandbLogger  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.run_dir import metrics_to_floats  # noqa: E402
-from tools.files import atomic_path, write_text_atomic  # noqa: E402
+from callbacks.run_dir import metrics_to_floats
+from tools.files import atomic_path, write_text_atomic
 
 
 class TestReport(Callback):

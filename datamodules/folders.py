@@ -35,7 +35,9 @@ def scan_class_folders(root: str | Path, option: str) -> dict[str, list[Path]]:
     empty = []
     for d in class_dirs:
         files = sorted(
-            f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+            f
+            for f in d.iterdir()
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
         )
         if not files:
             empty.append(d.name)
@@ -92,7 +94,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
-        n_held = int(round(fraction * len(idx)))
+        n_held = round(fraction * len(idx))
         if fraction > 0 and len(idx) > 1:
             n_held = min(max(n_held, 1), len(idx) - 1)
         held.append(idx[:n_held])

@@ -116,14 +116,16 @@ class ImageFolderDataModule(LightningDataModule):
         if len(self._class_names) < 2:
             raise ValueError(f"data: need at least 2 classes; found {self._class_names} in {next(iter(scans))}")
         for what, scan in scans.items():
-            check_same_classes(self._class_names, sorted(scan), f"data.{what} ({_root_of(what, roots, val_root, test_root)})")
+            check_same_classes(
+                self._class_names, sorted(scan), f"data.{what} ({_root_of(what, roots, val_root, test_root)})"
+            )
 
         train: list[Sample] = []
-        for k, root in enumerate(roots):
+        for k in range(len(roots)):
             samples = self._samples(scans[f"train_roots[{k}]"], f"train{k}")
             if fractions[k] < 1.0:
                 rng = np.random.default_rng([split_seed, k])
-                keep = np.sort(rng.choice(len(samples), int(round(fractions[k] * len(samples))), replace=False))
+                keep = np.sort(rng.choice(len(samples), round(fractions[k] * len(samples)), replace=False))
                 samples = [samples[i] for i in keep]
             train += samples
         self._samples_by_split: dict[str, list[Sample]] = {"train": train, "val": [], "test": []}

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
-
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
@@ -127,7 +126,8 @@ class ImageClassifier(LightningModule):
                 f"data {list(s_names)}; soft labels would be assigned to the wrong classes"
             )
         teacher.eval().requires_grad_(False)
-        self._teacher = teacher.to(self.device)
+        # object.__setattr__ bypasses nn.Module registration: no teacher weights in the student's checkpoint.
+        object.__setattr__(self, "_teacher", teacher.to(self.device))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return class logits."""
@@ -263,6 +263,3 @@ class ImageClassifier(LightningModule):
 def _as_tuple(value: Any) -> Any:
     """Checkpoints turn the python RNG state's tuples into lists; random.setstate needs tuples."""
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-

@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
-
 from fixtures_images import make_image_tree
+from lightning.pytorch.callbacks import Callback
 
 CLASSES = {"ant": 8, "bee": 8, "cow": 8}
 

@@ -26,9 +26,7 @@ def _class_colour(k: int) -> tuple[int, int, int]:
     return ((53 * k) % 256, (97 * k + 80) % 256, (151 * k + 160) % 256)
 
 
-def make_image_tree(
-    root: Path, classes: dict[str, int], size: int = 16, mode: str = "RGB", seed: int = 0
-) -> Path:
+def make_image_tree(root: Path, classes: dict[str, int], size: int = 16, mode: str = "RGB", seed: int = 0) -> Path:
     """Write ``root/<class>/<i>.png`` for every class and return ``root``.
 
     Each class has its own base colour and stripe pattern (stripe period depends on the class index) plus

@@ -396,9 +396,7 @@ def test_normalize_uses_mean_and_std(tree: Path) -> None:
     x = raw._datasets["train"][0]["image"]
     y = norm._datasets["train"][0]["image"]
     assert 0.0 <= x.min() and x.max() <= 1.0
-    expected = (x - torch.tensor([0.5, 0.25, 0.0])[:, None, None]) / torch.tensor([0.5, 0.25, 2.0])[
-        :, None, None
-    ]
+    expected = (x - torch.tensor([0.5, 0.25, 0.0])[:, None, None]) / torch.tensor([0.5, 0.25, 2.0])[:, None, None]
     torch.testing.assert_close(y, expected)
 
 
@@ -471,9 +469,7 @@ def test_augmentation_only_for_training(tree: Path) -> None:
 
 def test_image_size_resizes(tmp_path: Path) -> None:
     root = make_image_tree(tmp_path / "r", {"a": 2, "b": 2}, size=20)
-    dm = ImageFolderDataModule(
-        train_roots=str(root), test_root=str(root), val_fraction=0.0, image_size=8, batch_size=4
-    )
+    dm = ImageFolderDataModule(train_roots=str(root), test_root=str(root), val_fraction=0.0, image_size=8, batch_size=4)
     assert dm.input_size == 8
     dm.setup("fit")
     dm.setup("test")

@@ -144,9 +144,7 @@ def test_bn_momentum_applied_everywhere(name: str) -> None:
 def test_bn_momentum_default_and_none() -> None:
     assert all(m.momentum == 0.1 for m in _bn_layers(build_backbone("mobilenet_v3_small", 3)))
     # None keeps torchvision's own MobileNetV3 value.
-    assert all(
-        m.momentum == 0.01 for m in _bn_layers(build_backbone("mobilenet_v3_small", 3, bn_momentum=None))
-    )
+    assert all(m.momentum == 0.01 for m in _bn_layers(build_backbone("mobilenet_v3_small", 3, bn_momentum=None)))
 
 
 # --------------------------------------------------------------------------- weights

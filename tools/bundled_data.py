@@ -98,7 +98,8 @@ def materialise_dataset(
         raise FileExistsError(f"{out_dir} exists, is not empty and has no {MANIFEST}; choose another --out")
     if not (0 <= val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(
-            f"--val_fraction and --test_fraction must be in [0, 1) with a sum below 1; got {val_fraction}, {test_fraction}"
+            "--val_fraction and --test_fraction must be in [0, 1) with a sum below 1; "
+            f"got {val_fraction}, {test_fraction}"
         )
     images, labels, class_names = LOADERS[dataset]()
     index = np.arange(len(labels))
@@ -123,7 +124,7 @@ def materialise_dataset(
             {
                 "options": options,
                 "class_names": class_names,
-                "counts": {split: int(len(m)) for split, m in splits.items()},
+                "counts": {split: len(m) for split, m in splits.items()},
                 "source": f"{dataset} as shipped in its package; file names are the package's example indices",
             },
         )

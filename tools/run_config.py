@@ -38,9 +38,7 @@ def configure_run(cfg: Namespace, subcommand: str) -> Path:
     return run_dir
 
 
-def _configure_loggers(
-    logger: Any, run_dir: Path, options: RunOptions, subcommand: str, ckpt_path: str | None
-) -> Any:
+def _configure_loggers(logger: Any, run_dir: Path, options: RunOptions, subcommand: str, ckpt_path: str | None) -> Any:
     if logger is False:
         return False
     if logger is None or logger is True:
@@ -57,7 +55,9 @@ def _configure_loggers(
     return logger
 
 
-def _configure_wandb(item: Namespace, run_dir: Path, options: RunOptions, subcommand: str, ckpt_path: str | None) -> None:
+def _configure_wandb(
+    item: Namespace, run_dir: Path, options: RunOptions, subcommand: str, ckpt_path: str | None
+) -> None:
     """One W&B run per CLI call, grouped by run; a resumed fit continues its own W&B run."""
     args = item.init_args
     if args.get("name") is None:

@@ -25,7 +25,11 @@ TORCHVISION_BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 _RESNET = re.compile(r"^resnet(\d+)-(\d+)$")
 _CONVNET = re.compile(r"^convnet-(\d+)$")
-KNOWN_BACKBONES = (*TORCHVISION_BACKBONES, "resnet{depth}-{width} (e.g. resnet20-4)", "convnet-{width} (e.g. convnet-64)")
+KNOWN_BACKBONES = (
+    *TORCHVISION_BACKBONES,
+    "resnet{depth}-{width} (e.g. resnet20-4)",
+    "convnet-{width} (e.g. convnet-64)",
+)
 # Parameter-name prefixes of each family's classification head (dropped from weight files of another size).
 _HEAD_PREFIXES = {"mobilenet": ("classifier.",), "resnet": ("fc.",), "convnet": ("fc.",)}
 
@@ -98,8 +102,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         # A Lightning checkpoint of an ImageClassifier: its network lives under "model.".
         obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
-    if not isinstance(obj, Mapping) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     ):
         found = type(obj).__name__ if not isinstance(obj, Mapping) else "a mapping that is not str -> Tensor"
         raise ValueError(f"model.weights: {path} must hold a state dict (parameter name -> tensor); found {found}")
