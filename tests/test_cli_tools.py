@@ -1,0 +1,58 @@
+"""The console entry point: overview, tool help, clean errors; the W&B preset writes an offline run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wandb
+from cli_helpers import tiny_config, tiny_dataset
+
+from cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_overview_lists_training_commands_and_tools(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "data", "run"):
+        assert f"  {command} " in out or f"  {command}  " in out
+
+
+def test_tool_help_comes_from_the_signature(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--dataset" in out and "animal-mnist" in out and "--per_class" in out
+
+
+def test_console_errors_are_one_line_messages(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "run", str(tmp_path / "missing.yaml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "synthpriv: error: study file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_wandb_preset_writes_an_offline_run_with_the_full_config(tmp_path: Path) -> None:
+    data = tiny_dataset(tmp_path / "data")
+    config = str(tiny_config(tmp_path / "c.yaml", data))
+    run = ["--run.root", str(tmp_path / "runs"), "--run.study", "s", "--run.name", "w"]
+    main(["fit", "--config", config, "--config", str(ROOT / "configs/logger/wandb.yaml"), *run])
+    run_dir = tmp_path / "runs" / "s" / "w"
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    assert offline[0].name.endswith(run_id)
+    wandb.finish()  # flush the run, as process exit would
+    sent = next(offline[0].glob("run-*.wandb")).read_bytes()
+    assert b"train_roots" in sent and b"if_exists" in sent  # data and run sections of the resolved config
