@@ -1,0 +1,154 @@
+"""LiRA (Carlini et al. 2022) and baselines as pure numpy functions over saved per-example outputs.
+
+Shapes: ``K`` shadow (reference) models, ``N`` examples, ``Q`` query augmentations, ``C`` classes.
+Every attack returns one membership score per example, higher meaning "more likely a member".
+
+- ``scaled_confidence``: the reference score, log p_y - log sum_{y' != y} p_y', from logits via a float64
+  softmax (the stable logit of the true-class probability).
+- ``lira_online``: per-example Gaussians of the shadows' scores when IN and when OUT (centre = median);
+  score = log N(s; IN) - log N(s; OUT), averaged over augmentations.
+- ``lira_offline``: OUT Gaussian only; one-sided test log Pr[Z <= s], Z ~ N(OUT) (the paper's offline test;
+  ``one_sided=False`` gives the reference code's two-sided -log-density variant).
+- ``variance``: 'per_example' std per example; 'fixed' one std per side pooled over all examples after
+  centring each example on its median (the paper's global variance, as in TF Privacy's library; the reference
+  script instead takes the uncentred std of the IN scores for both sides); 'tckr_global' pools mean *and*
+  std over all examples, TCKR's variant (``seeds.md`` §3.4), which reduces LiRA to a global threshold.
+- ``global_threshold``: the target's own score (LOSS-style baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from scipy.special import logsumexp
+from scipy.stats import norm
+
+Variance = Literal["per_example", "fixed", "tckr_global"]
+TckrScore = Literal["logit_stable", "logit_unstable", "logits"]
+_EPS = 1e-30
+
+
+def _onehot(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """True-class mask broadcast to logits of shape (N, C), (N, Q, C) or (K, N, Q, C), labels (N,)."""
+    n_axis = {2: 0, 3: 0, 4: 1}.get(len(shape))
+    if n_axis is None:
+        raise ValueError(f"logits must be (N, C), (N, Q, C) or (K, N, Q, C); got shape {shape}")
+    labels = np.asarray(labels)
+    if labels.shape != (shape[n_axis],):
+        raise ValueError(f"labels have shape {labels.shape} but logits {shape} hold {shape[n_axis]} examples")
+    if labels.min() < 0 or labels.max() >= shape[-1]:
+        raise ValueError(f"labels must lie in [0, {shape[-1] - 1}]; found {labels.min()}..{labels.max()}")
+    view = [1] * (len(shape) - 1) + [shape[-1]]
+    view[n_axis] = -1
+    return np.broadcast_to(np.eye(shape[-1], dtype=bool)[labels].reshape(view), shape)
+
+
+def scaled_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """log p_y - log sum_{y'!=y} p_y' computed from logits in float64 (no log(0), no overflow)."""
+    z = np.asarray(logits, dtype=np.float64)
+    onehot = _onehot(labels, z.shape)
+    # The softmax normaliser cancels: z_y - logsumexp over the other classes.
+    return np.where(onehot, z, -np.inf).max(-1) - logsumexp(np.where(onehot, -np.inf, z), axis=-1)
+
+
+def tckr_score(values: np.ndarray, labels: np.ndarray, kind: TckrScore) -> np.ndarray:
+    """TCKR's three scores applied to ``values`` exactly as its notebook does (TCKR-compatible, flagged).
+
+    TCKR feeds raw logits to all three; only 'logits' (z_y - max_{y'!=y} z_y') is sound on logits, the two
+    probability formulas give NaN where a logit is negative. Pass softmax probabilities for the sound variant.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    onehot = _onehot(labels, v.shape)
+    true = np.where(onehot, v, 0).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if kind == "logit_stable":
+            return np.log(true) - np.log(np.where(onehot, 0, v).sum(-1))
+        if kind == "logit_unstable":
+            return np.log(true) - np.log(1 - true)
+    return true - np.where(onehot, -np.inf, v).max(-1)
+
+
+def _split_in_out(shadow_scores: np.ndarray, in_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, N, Q) scores -> IN and OUT copies with the other side set to NaN."""
+    s = np.asarray(shadow_scores, dtype=np.float64)
+    if s.ndim == 2:
+        s = s[..., None]
+    mask = np.asarray(in_mask, dtype=bool)
+    if mask.shape != s.shape[:2]:
+        raise ValueError(f"in_mask has shape {mask.shape} but the shadow scores are (K, N) = {s.shape[:2]}")
+    m = mask[..., None]
+    return np.where(m, s, np.nan), np.where(m, np.nan, s)
+
+
+def _gaussian(side: np.ndarray, variance: Variance, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and spread per (example, augmentation) from a NaN-masked (K, N, Q) array."""
+    counts = (~np.isnan(side)).sum(axis=0)
+    if (counts == 0).any():
+        missing = int((counts[:, 0] == 0).sum())
+        raise ValueError(f"{missing} examples have no {what} shadow model; every example needs at least one")
+    if variance == "tckr_global":
+        return np.full(side.shape[1:], np.nanmean(side)), np.full(side.shape[1:], np.nanstd(side))
+    centre = np.nanmedian(side, axis=0)
+    if variance == "fixed":
+        return centre, np.full(side.shape[1:], np.nanstd(side - centre))
+    return centre, np.nanstd(side, axis=0)
+
+
+def _as_nq(target_scores: np.ndarray) -> np.ndarray:
+    t = np.asarray(target_scores, dtype=np.float64)
+    return t[:, None] if t.ndim == 1 else t
+
+
+def lira_online(
+    target_scores: np.ndarray, shadow_scores: np.ndarray, in_mask: np.ndarray, variance: Variance = "per_example"
+) -> np.ndarray:
+    """Online LiRA: log-likelihood ratio of IN vs OUT Gaussians, averaged over augmentations -> (N,)."""
+    s_in, s_out = _split_in_out(shadow_scores, in_mask)
+    t = _as_nq(target_scores)
+    mu_in, sd_in = _gaussian(s_in, variance, "IN")
+    mu_out, sd_out = _gaussian(s_out, variance, "OUT")
+    ratio = norm.logpdf(t, mu_in, sd_in + _EPS) - norm.logpdf(t, mu_out, sd_out + _EPS)
+    return ratio.mean(axis=1)
+
+
+def lira_offline(
+    target_scores: np.ndarray,
+    shadow_scores: np.ndarray,
+    in_mask: np.ndarray,
+    variance: Variance = "per_example",
+    one_sided: bool = True,
+) -> np.ndarray:
+    """Offline LiRA from OUT models only -> (N,)."""
+    _, s_out = _split_in_out(shadow_scores, in_mask)
+    t = _as_nq(target_scores)
+    mu_out, sd_out = _gaussian(s_out, variance, "OUT")
+    if one_sided:
+        return norm.logcdf(t, mu_out, sd_out + _EPS).mean(axis=1)
+    return -norm.logpdf(t, mu_out, sd_out + _EPS).mean(axis=1)
+
+
+def global_threshold(target_scores: np.ndarray) -> np.ndarray:
+    """LOSS-style baseline: the target's own scaled confidence, averaged over augmentations -> (N,)."""
+    return _as_nq(target_scores).mean(axis=1)
+
+
+def leave_one_out(
+    shadow_scores: np.ndarray, in_mask: np.ndarray, attack: str = "online", variance: Variance = "fixed"
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each shadow in turn as the target, the others as references: [(scores (N,), is_member (N,)), ...]."""
+    s = np.asarray(shadow_scores, dtype=np.float64)
+    mask = np.asarray(in_mask, dtype=bool)
+    results = []
+    for k in range(s.shape[0]):
+        refs, ref_mask = np.delete(s, k, axis=0), np.delete(mask, k, axis=0)
+        if attack == "online":
+            scores = lira_online(s[k], refs, ref_mask, variance)
+        elif attack == "offline":
+            scores = lira_offline(s[k], refs, ref_mask, variance)
+        elif attack == "global":
+            scores = global_threshold(s[k])
+        else:
+            raise ValueError(f"attack must be online, offline or global; got {attack!r}")
+        results.append((scores, mask[k]))
+    return results

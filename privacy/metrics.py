@@ -1,0 +1,95 @@
+"""Membership-inference metrics: ROC, AUC, balanced accuracy, TPR at low FPR, AOP, log-log ROC plot.
+
+Scores follow one convention everywhere: higher means "more likely a member".
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_curve as _sk_roc_curve
+
+DEFAULT_FPRS = (0.1, 0.01, 0.001, 1e-4, 1e-5)
+
+
+def _check(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    is_member = np.asarray(is_member).astype(bool).ravel()
+    if scores.shape != is_member.shape:
+        raise ValueError(f"scores has {scores.size} values but is_member has {is_member.size}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{int((~np.isfinite(scores)).sum())} attack scores are NaN or infinite")
+    if is_member.all() or not is_member.any():
+        raise ValueError("is_member must contain both members and non-members")
+    return scores, is_member
+
+
+def roc_curve(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) over all thresholds, from (0, 0) to (1, 1)."""
+    scores, is_member = _check(scores, is_member)
+    fpr, tpr, _ = _sk_roc_curve(is_member, scores, drop_intermediate=False)
+    return fpr, tpr
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float, negatives: int | None = None) -> float:
+    """Highest TPR among thresholds whose FPR is at most ``target``.
+
+    Warns when there are fewer than 1/target negatives: the value then rests on zero false positives.
+    """
+    if negatives is not None and negatives * target < 1:
+        warnings.warn(
+            f"TPR at FPR {target:g} needs at least {math.ceil(1 / target)} non-members to be meaningful; "
+            f"there are {negatives}",
+            stacklevel=2,
+        )
+    ok = fpr <= target + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def attack_metrics(scores: np.ndarray, is_member: np.ndarray, fprs: Sequence[float] = DEFAULT_FPRS) -> dict[str, float]:
+    """AUC, balanced accuracy and TPR at each FPR in ``fprs`` (keys ``tpr@<fpr>``)."""
+    scores, is_member = _check(scores, is_member)
+    fpr, tpr = roc_curve(scores, is_member)
+    negatives = int((~is_member).sum())
+    result = {
+        "auc": float(np.trapezoid(tpr, fpr)),
+        # Best accuracy on a balanced set over all thresholds: 1 - (FPR + FNR) / 2.
+        "balanced_accuracy": float(np.max(1 - (fpr + (1 - tpr)) / 2)),
+        "members": int(is_member.sum()),
+        "non_members": negatives,
+    }
+    for target in fprs:
+        result[f"tpr@{target:g}"] = tpr_at_fpr(fpr, tpr, target, negatives)
+    return result
+
+
+def aop(accuracy_pct: float, auc_pct: float) -> float:
+    """TCKR's Accuracy Over Privacy: accuracy x (50 / AUC_MIA)^2, both in percent (``seeds.md`` §3.4)."""
+    if auc_pct <= 0:
+        raise ValueError(f"AUC_MIA must be positive (in percent); got {auc_pct}")
+    return accuracy_pct * (50.0 / auc_pct) ** 2
+
+
+def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
+    """Log-log ROC of several attacks (axes 1e-5..1, chance diagonal) written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tools.files import atomic_path
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for label, (fpr, tpr) in curves.items():
+        ax.plot(np.maximum(fpr, 1e-5), np.maximum(tpr, 1e-5), label=label)
+    ax.plot([1e-5, 1], [1e-5, 1], "k--", linewidth=0.8, label="chance")
+    ax.set(xscale="log", yscale="log", xlim=(1e-5, 1), ylim=(1e-5, 1), xlabel="FPR", ylabel="TPR", title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
