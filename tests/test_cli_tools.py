@@ -56,3 +56,22 @@ def test_wandb_preset_writes_an_offline_run_with_the_full_config(tmp_path: Path)
     wandb.finish()  # flush the run, as process exit would
     sent = next(offline[0].glob("run-*.wandb")).read_bytes()
     assert b"train_roots" in sent and b"if_exists" in sent  # data and run sections of the resolved config
+
+
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [("tckr_classifier.yaml", "transform: tckr"), ("semsim_victim.yaml", "scheduler: multistep")],
+)
+def test_recipe_presets_compose_with_a_study_config(
+    recipe: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configs = [
+        "--config",
+        str(ROOT / "configs/quickstart/teacher.yaml"),
+        "--config",
+        str(ROOT / "configs/recipes" / recipe),
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *configs, "--print_config"])
+    assert exit_info.value.code == 0
+    assert expected in capsys.readouterr().out
