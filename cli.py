@@ -29,6 +29,7 @@ training (LightningCLI; --config YAML files, --print_config):
 tools:
   data       materialise a bundled real dataset as class folders
   run        run a study (ordered steps; finished steps are skipped)
+  attack     membership inference (LiRA, baseline) from saved shadow and target logits
 
 Outputs go to runs/<study>/<name>/ (--run.study, --run.name).
 """

@@ -14,6 +14,9 @@ Every attack returns one membership score per example, higher meaning "more like
   script instead takes the uncentred std of the IN scores for both sides); 'tckr_global' pools mean *and*
   std over all examples, TCKR's variant (``seeds.md`` §3.4), which reduces LiRA to a global threshold.
 - ``global_threshold``: the target's own score (LOSS-style baseline).
+
+Per example, IN and OUT references are cut to the smallest count over all examples (the reference code's
+``in_size``/``out_size`` truncation), which removes a small-K bias under leave-one-out evaluation.
 """
 
 from __future__ import annotations
@@ -78,7 +81,18 @@ def _split_in_out(shadow_scores: np.ndarray, in_mask: np.ndarray) -> tuple[np.nd
     if mask.shape != s.shape[:2]:
         raise ValueError(f"in_mask has shape {mask.shape} but the shadow scores are (K, N) = {s.shape[:2]}")
     m = mask[..., None]
-    return np.where(m, s, np.nan), np.where(m, np.nan, s)
+    return _equalize(np.where(m, s, np.nan)), _equalize(np.where(m, np.nan, s))
+
+
+def _equalize(side: np.ndarray) -> np.ndarray:
+    """Keep the first m models per example, m = the smallest count over examples (as the reference does).
+
+    Without this, leave-one-out on a balanced mask gives members one IN reference fewer than OUT ones, and
+    the noisier IN median biases online LiRA below chance (AUC 0.43 at K=8 on data without any leak).
+    """
+    valid = ~np.isnan(side)
+    keep = valid.sum(axis=0).min()
+    return np.where(valid & (np.cumsum(valid, axis=0) <= keep), side, np.nan)
 
 
 def _gaussian(side: np.ndarray, variance: Variance, what: str) -> tuple[np.ndarray, np.ndarray]:

@@ -7,12 +7,14 @@ from typing import Any
 
 from jsonargparse import auto_cli
 
+from tools.attack import run_attack
 from tools.bundled_data import materialise_dataset
 from tools.study import run_study
 
 TOOLS: dict[str, Callable[..., Any]] = {
     "data": materialise_dataset,
     "run": run_study,
+    "attack": run_attack,
 }
 
 
