@@ -11,6 +11,16 @@ from fixtures_images import make_image_tree
 from lightning.pytorch.callbacks import Callback
 
 CLASSES = {"ant": 8, "bee": 8, "cow": 8}
+ALL_BACKBONES = [
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "mobilenet_v2",
+    "resnet18",
+    "resnet50",
+    "resnet20-4",
+    "resnet8-1",
+    "convnet-64",
+]
 
 
 def tiny_dataset(root: Path, classes: dict[str, int] | None = None, size: int = 16) -> Path:

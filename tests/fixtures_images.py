@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -61,3 +62,16 @@ def make_image_tree(root: Path, classes: dict[str, int], size: int = 16, mode: s
                 img.putalpha(Image.fromarray(alpha))
             img.save(folder / f"{i}.png")
     return root
+
+
+def folder_datamodule(train_roots: Any, **kwargs: Any) -> Any:
+    """An ImageFolderDataModule without validation split unless asked for (tests of the data module)."""
+    from datamodules import ImageFolderDataModule
+
+    kwargs.setdefault("val_fraction", 0.0)
+    return ImageFolderDataModule(train_roots=train_roots, **kwargs)
+
+
+def three_class_tree(tmp_path: Path) -> Path:
+    """``tmp_path/train`` with classes cat, dog, fox of 5 images each."""
+    return make_image_tree(tmp_path / "train", {"cat": 5, "dog": 5, "fox": 5})

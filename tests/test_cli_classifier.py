@@ -8,20 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import CrashAtEpoch, state_of, tiny_config, tiny_dataset
+from cli_helpers import ALL_BACKBONES, CrashAtEpoch, state_of, tiny_config, tiny_dataset
 
 from cli import main
 from tools.run_dirs import RunExistsError
 
-BACKBONES = [
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "mobilenet_v2",
-    "resnet18",
-    "resnet50",
-    "resnet20-4",
-    "convnet-64",
-]
+BACKBONES = [b for b in ALL_BACKBONES if b != "resnet8-1"]  # resnet8-1 is the tiny default elsewhere
 
 
 def _run(tmp_path: Path, name: str = "r") -> list[str]:

@@ -8,20 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_images import make_image_tree
+from fixtures_images import folder_datamodule, make_image_tree, three_class_tree
 from PIL import Image
 
 from datamodules import ImageFolderDataModule
 
-
-def _dm(train_roots, **kwargs) -> ImageFolderDataModule:
-    kwargs.setdefault("val_fraction", 0.0)
-    return ImageFolderDataModule(train_roots=train_roots, **kwargs)
+_dm = folder_datamodule
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    return make_image_tree(tmp_path / "train", {"cat": 5, "dog": 5, "fox": 5})
+    return three_class_tree(tmp_path)
 
 
 # --------------------------------------------------------------------------- class list and properties

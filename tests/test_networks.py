@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import ALL_BACKBONES
 from torch import nn
 
 from lightning_modules.networks import (
@@ -21,17 +22,6 @@ from lightning_modules.networks import (
 from lightning_modules.networks.cifar import BasicBlock
 from lightning_modules.networks.factory import head_layer
 from lightning_modules.pretrained import imagenet_weights_file, resolve_weights
-
-ALL_BACKBONES = [
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "mobilenet_v2",
-    "resnet18",
-    "resnet50",
-    "resnet20-4",
-    "resnet8-1",
-    "convnet-64",
-]
 
 
 @pytest.fixture(autouse=True)
