@@ -18,7 +18,6 @@ from tools.commands import TOOLS, run_tool
 from tools.run_config import configure_run, ensure_checkpointing
 from tools.run_dirs import RunExistsError, RunOptions
 
-TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
 # Errors raised for bad user input (paths, configs, data); anything else keeps its traceback.
 INPUT_ERRORS = (RunExistsError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, OSError)
 OVERVIEW = """usage: synthpriv <command> [options]   (synthpriv <command> --help for each)

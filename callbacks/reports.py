@@ -60,6 +60,7 @@ class TestReport(Callback):
         quota = -(-self.num_images // pl_module.hparams["num_classes"])
         labels = batch["label"].detach().cpu()
         have = sum(len(x) for x in self._labels)
+        # labels[:0] keeps torch.cat valid before the first kept batch.
         counts = torch.bincount(torch.cat([*self._labels, labels[:0]]), minlength=pl_module.hparams["num_classes"])
         keep = []
         for i, label in enumerate(labels.tolist()):
