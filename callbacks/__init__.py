@@ -3,5 +3,6 @@
 from callbacks.predictions import PredictionWriter
 from callbacks.reports import TestReport
 from callbacks.run_dir import RunDirectory
+from callbacks.shadow_logits import ShadowLogitsWriter
 
-__all__ = ["PredictionWriter", "RunDirectory", "TestReport"]
+__all__ = ["PredictionWriter", "RunDirectory", "ShadowLogitsWriter", "TestReport"]

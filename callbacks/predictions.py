@@ -61,6 +61,13 @@ class PredictionWriter(BasePredictionWriter):
             self._merge(trainer, folder, trainer.world_size)
         trainer.strategy.barrier()
 
+    def finalise(self, trainer: Trainer, folder: Path, merged: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Add the example ids to the merged arrays (subclasses reshape or add more)."""
+        ids = _example_ids(trainer)
+        if ids is not None:
+            merged["ids"] = np.asarray([ids[i] for i in merged["index"]])
+        return merged
+
     def _merge(self, trainer: Trainer, folder: Path, world_size: int) -> None:
         shards = [folder / f".{self.filename}.rank{r}.npz" for r in range(world_size)]
         parts = []
@@ -70,9 +77,7 @@ class PredictionWriter(BasePredictionWriter):
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         _, first = np.unique(merged["index"], return_index=True)
         merged = {k: v[first] for k, v in merged.items()}  # sorted by index, duplicates dropped
-        ids = _example_ids(trainer)
-        if ids is not None:
-            merged["ids"] = np.asarray([ids[i] for i in merged["index"]])
+        merged = self.finalise(trainer, folder, merged)
         write_bytes_atomic(folder / self.filename, lambda handle: np.savez(handle, **merged))
         for path in shards:
             path.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 """LightningDataModules, one per kind of data."""
 
 from datamodules.images import ImageFolderDataModule
+from datamodules.membership import MembershipDataModule
 
-__all__ = ["ImageFolderDataModule"]
+__all__ = ["ImageFolderDataModule", "MembershipDataModule"]

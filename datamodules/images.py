@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode, v2
 
 from datamodules.folders import (
     LAYOUT,
@@ -22,6 +23,7 @@ from datamodules.folders import (
     scan_class_folders,
     stratified_split,
 )
+from datamodules.pool import MembershipPool, save_own_hyperparameters
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformPreset, build_transform
 
 log = logging.getLogger(__name__)
@@ -139,7 +141,7 @@ class ImageFolderDataModule(LightningDataModule):
             self._samples_by_split["test"] = self._samples(scans["test_root"], "test")
         # class_names stays out of the hparams: the resolved list reaches the model through the CLI link, and
         # Lightning refuses differing values under one key in model and data hparams.
-        self.save_hyperparameters(ignore=["class_names"])
+        save_own_hyperparameters(self, ignore=["class_names"])
         all_samples = [s for split in self._samples_by_split.values() for s in split]
         if not all_samples:
             raise ValueError(
@@ -183,6 +185,28 @@ class ImageFolderDataModule(LightningDataModule):
     def example_ids(self, split: Split) -> list[str]:
         """Stable example ids (source tag / class / file name) of a split, in dataset-index order."""
         return [s.example_id for s in self._samples_by_split[split]]
+
+    def membership_pool(self, split: Split) -> MembershipPool:
+        """A split as uint8 images resized to ``input_size``, for shadow-model training held in memory."""
+        if not self._samples_by_split[split]:
+            raise ValueError(f"data: the {split} split is empty; {_how_to_fill(split)} (layout {LAYOUT})")
+        samples = self._checked(split)
+        resize = v2.Compose(
+            [v2.ToImage(), v2.Resize((self._input_size,) * 2, interpolation=InterpolationMode.BICUBIC, antialias=True)]
+        )
+        images = torch.stack([resize(load_rgb(s.path)) for s in samples])
+        train_transform = build_transform(
+            self.hparams.transform, self._input_size, False, self.mean, self.std, train=True
+        )
+        return MembershipPool(
+            inputs=images,
+            labels=np.array([s.label for s in samples], dtype=np.int64),
+            ids=[s.example_id for s in samples],
+            augment=self.hparams.transform,
+            mean=self.mean,
+            std=self.std,
+            train_transform=train_transform,
+        )
 
     def _checked(self, split: Split) -> list[Sample]:
         samples = self._samples_by_split[split]

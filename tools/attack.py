@@ -50,6 +50,8 @@ def load_shadows(path: str) -> dict[str, np.ndarray]:
         raise ValueError(f"--shadows: mask has shape {mask.shape} but the logits are for K={k} models, N={n} examples")
     if len(data["ids"]) != n or len(data["labels"]) != n:
         raise ValueError(f"--shadows: {len(data['ids'])} ids and {len(data['labels'])} labels for N={n} examples")
+    if "ids_hash" in data and str(data["ids_hash"]) != ids_hash([str(i) for i in data["ids"]]):
+        raise ValueError(f"--shadows: {path} ids do not match its ids_hash (the file was edited or reordered)")
     return data
 
 
@@ -57,28 +59,41 @@ def run_attack(
     shadows: str,
     out: str,
     target: str | None = None,
+    target_checkpoint: str | None = None,
     members_file: str | None = None,
     non_members_file: str | None = None,
     attacks: list[Attack] | None = None,
     variance: Variance = "fixed",
+    device: str = "cpu",
 ) -> Path:
     """Score membership with LiRA (online, offline) and the global-threshold baseline.
 
-    Writes ``out/metrics.json``, ``out/scores.npz`` and ``out/roc.png``. A rerun with the same inputs does
-    nothing; with other inputs it stops instead of overwriting.
+    Writes ``out/metrics.json``, ``out/scores.npz``, ``out/roc.npz`` and ``out/roc.png``. A rerun with the
+    same inputs does nothing; with other inputs it stops instead of overwriting.
 
     Args:
-        shadows: shadow-logits npz (logits, labels, ids, mask).
+        shadows: shadow-logits npz (logits, labels, ids, mask), e.g. ``runs/<study>/shadows/shadows.npz``.
         out: output folder.
-        target: target-logits npz (logits, ids); omit for leave-one-out over the shadows.
-        members_file: text file of the target's training ids (required with a target).
-        non_members_file: text file of known non-member ids; default every other example.
+        target: target-logits npz (logits, ids); omit both targets for leave-one-out over the shadows.
+        target_checkpoint: a target checkpoint (e.g. a teacher's ``last.ckpt``); it is queried on the shadows'
+            examples and views (from the shadows' run config) and its logits saved as ``out/target_logits.npz``.
+        members_file: text file of the target's training ids; default the shadows' run
+            ``membership/target_members.txt``.
+        non_members_file: text file of known non-member ids; default the shadows' run
+            ``membership/target_non_members.txt`` with members_file unset, else every other example.
         attacks: which attacks to run; default all three.
         variance: per_example, fixed (recommended below 64 shadows) or tckr_global.
+        device: where the target checkpoint runs (cpu, cuda).
     """
     attacks = list(attacks or ["online", "offline", "global"])
     out_dir = Path(out)
-    inputs = {p: file_sha256(p) for p in (shadows, target, members_file, non_members_file) if p is not None}
+    if target is not None and target_checkpoint is not None:
+        raise ValueError("give --target (saved logits) or --target_checkpoint, not both")
+    if (target or target_checkpoint) and members_file is None:
+        members_file, non_members_file = _design_member_files(shadows, non_members_file)
+    inputs = {
+        p: file_sha256(p) for p in (shadows, target, target_checkpoint, members_file, non_members_file) if p is not None
+    }
     settings = {"inputs": inputs, "attacks": attacks, "variance": variance}
     done = out_dir / "metrics.json"
     if done.is_file():
@@ -88,8 +103,14 @@ def run_attack(
         raise FileExistsError(f"{out_dir} holds results of other inputs or settings; choose another --out")
     data = load_shadows(shadows)
     k = data["logits"].shape[0]
-    if "online" in attacks and (k < 2 or (target is None and k < 3)):
-        raise ValueError(f"online LiRA needs IN and OUT reference models for every example; got K={k} shadows")
+    if "online" in attacks and (k < 2 or k % 2):
+        raise ValueError(
+            f"online LiRA needs an even number K >= 2 of shadows (each example IN for exactly half); got K={k}"
+        )
+    if target_checkpoint is not None:
+        from tools.target_logits import compute_target_logits
+
+        target = str(compute_target_logits(target_checkpoint, shadows, out_dir / "target_logits.npz", device))
     shadow_scores = scaled_confidence(data["logits"], data["labels"])
     results, curves, saved = {}, {}, {}
     if target is None:
@@ -116,14 +137,31 @@ def run_attack(
         saved["is_member"] = is_member
     saved["ids"] = data["ids"] if target is None else data["ids"][keep]
     write_bytes_atomic(out_dir / "scores.npz", lambda handle: np.savez(handle, **saved))
+    roc = {f"{a}_{axis}": curve for a in attacks for axis, curve in zip(("fpr", "tpr"), curves[a])}
+    write_bytes_atomic(out_dir / "roc.npz", lambda handle: np.savez(handle, **roc))
     plot_roc({f"{a} (AUC {results[a]['auc']:.3f})": curves[a] for a in attacks}, out_dir / "roc.png", "membership")
-    write_json_atomic(done, {"settings": settings, "shadows": int(k), "metrics": results})
+    record = {"settings": settings, "shadows": int(k), "target_checkpoint": target_checkpoint, "metrics": results}
+    write_json_atomic(done, record)
     for attack in attacks:
         r = results[attack]
         print(
             f"{attack:8s} AUC {r['auc']:.4f}  balanced acc {r['balanced_accuracy']:.4f}  TPR@1%FPR {r['tpr@0.01']:.4f}"
         )
     return out_dir
+
+
+def _design_member_files(shadows: str, non_members_file: str | None) -> tuple[str, str | None]:
+    """The member lists the shadows' MembershipDataModule wrote for the target (``--members_file`` unset)."""
+    folder = Path(shadows).parent / "membership"
+    members = folder / "target_members.txt"
+    if not members.is_file():
+        raise ValueError(
+            f"--members_file is required with a target: {members} does not exist; give the ids the target trained "
+            "on, one per line"
+        )
+    if non_members_file is None and (folder / "target_non_members.txt").is_file():
+        non_members_file = str(folder / "target_non_members.txt")
+    return str(members), non_members_file
 
 
 def _read_ids(path: str, option: str, known: list[str]) -> list[str]:

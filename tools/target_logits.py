@@ -1,0 +1,82 @@
+"""Query a target checkpoint on exactly the examples and views the shadow ensemble was queried on.
+
+The shadows' run folder holds the ``config.yaml`` of its fit; its ``data`` section rebuilds the same
+MembershipDataModule, so the target sees the same example order, resizing, normalisation and query views.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+from lightning import LightningDataModule, LightningModule
+
+from privacy.membership import ids_hash
+from tools.files import write_bytes_atomic
+
+
+def load_run_datamodule(run_dir: Path) -> LightningDataModule:
+    """Instantiate the data module recorded in ``run_dir/config.yaml``."""
+    import datamodules  # noqa: F401  (short class names in configs)
+
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{config_file} does not exist: the shadows file must sit in the run folder of its `synthpriv fit`"
+        )
+    config = yaml.safe_load(config_file.read_text())
+    if not isinstance(config, dict) or "data" not in config:
+        raise ValueError(f"{config_file} has no 'data' section")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    parsed = parser.parse_object({"data": config["data"]})
+    return parser.instantiate_classes(parsed).data
+
+
+def load_target(checkpoint: Path, device: torch.device) -> LightningModule:
+    """The LightningModule of a checkpoint; its class comes from the run's config.yaml (default ImageClassifier)."""
+    import lightning_modules
+
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"--target_checkpoint: {checkpoint} does not exist")
+    class_name = "ImageClassifier"
+    run_config = checkpoint.parent.parent / "config.yaml"
+    if run_config.is_file():
+        saved = yaml.safe_load(run_config.read_text()) or {}
+        class_name = str((saved.get("model") or {}).get("class_path", class_name)).rsplit(".", 1)[-1]
+    module_class: Any = getattr(lightning_modules, class_name, None)
+    if module_class is None:
+        raise ValueError(f"--target_checkpoint: {run_config} names model {class_name!r}, which synthpriv does not know")
+    model = module_class.load_from_checkpoint(checkpoint, map_location=device, weights_only=True)
+    return model.eval()
+
+
+def compute_target_logits(checkpoint: str, shadows: str, out_file: Path, device: str = "cpu") -> Path:
+    """Write ``out_file`` (npz: logits (M, Q, C), ids) for the target at ``checkpoint``."""
+    torch_device = torch.device(device)
+    datamodule = load_run_datamodule(Path(shadows).parent)
+    datamodule.setup("predict")
+    with np.load(shadows, allow_pickle=False) as saved:
+        saved_ids, classes = [str(i) for i in saved["ids"]], saved["logits"].shape[-1]
+    if ids_hash(datamodule.example_ids()) != ids_hash(saved_ids):
+        raise ValueError(
+            f"the data settings in {Path(shadows).parent / 'config.yaml'} give other examples than {shadows} holds; "
+            "the data folders changed since the shadows were queried"
+        )
+    model = load_target(Path(checkpoint), torch_device)
+    num_classes = model.hparams.get("num_classes")
+    if num_classes != classes:
+        raise ValueError(f"--target_checkpoint has {num_classes} classes but the shadows have {classes}")
+    chunks = []
+    with torch.no_grad():
+        for batch in datamodule.predict_dataloader():
+            views = batch["image"].to(torch_device)
+            b, q = views.shape[:2]
+            chunks.append(model(views.flatten(0, 1)).float().view(b, q, -1).cpu())
+    logits = torch.cat(chunks).numpy()
+    payload = {"logits": logits, "ids": np.asarray(saved_ids), "checkpoint": np.asarray(str(checkpoint))}
+    return write_bytes_atomic(out_file, lambda handle: np.savez(handle, **payload))
