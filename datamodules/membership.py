@@ -90,8 +90,9 @@ class MembershipDataModule(LightningDataModule):
                 f"data.num_models must be even and at least 2 (each example IN for exactly half); got {num_models}"
             )
         if batch_size < 1 or query_batch_size < 1:
-            raise ValueError(f"data.batch_size and data.query_batch_size must be positive; got {batch_size}, "
-                             f"{query_batch_size}")
+            raise ValueError(
+                f"data.batch_size and data.query_batch_size must be positive; got {batch_size}, {query_batch_size}"
+            )
         if construction == "tckr" and challenge_size < 1:
             raise ValueError(f"data.challenge_size must be positive; got {challenge_size}")
         if not hasattr(source, "membership_pool"):

@@ -57,8 +57,13 @@ class MembershipPool:
         """The examples at ``positions`` in that order."""
         index = torch.as_tensor(positions, dtype=torch.long)
         return MembershipPool(
-            self.inputs[index], self.labels[positions], [self.ids[i] for i in positions],
-            self.augment, self.mean, self.std, self.train_transform,
+            self.inputs[index],
+            self.labels[positions],
+            [self.ids[i] for i in positions],
+            self.augment,
+            self.mean,
+            self.std,
+            self.train_transform,
         )
 
     @staticmethod
@@ -66,8 +71,13 @@ class MembershipPool:
         """Pools of the same source, one after another."""
         first = pools[0]
         return MembershipPool(
-            torch.cat([p.inputs for p in pools]), np.concatenate([p.labels for p in pools]),
-            [i for p in pools for i in p.ids], first.augment, first.mean, first.std, first.train_transform,
+            torch.cat([p.inputs for p in pools]),
+            np.concatenate([p.labels for p in pools]),
+            [i for p in pools for i in p.ids],
+            first.augment,
+            first.mean,
+            first.std,
+            first.train_transform,
         )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:

@@ -140,13 +140,13 @@ class ShadowEnsemble(LightningModule):
             if self.num_models == 0:
                 self.configure_models(wanted)
             elif wanted != self.num_models:
-                raise ValueError(f"the checkpoint holds {self.num_models} shadow models but data.num_models is {wanted}")
+                raise ValueError(
+                    f"the checkpoint holds {self.num_models} shadow models but data.num_models is {wanted}"
+                )
         if self.num_models == 0:
             raise ValueError("ShadowEnsemble needs a MembershipDataModule as data (data.num_models sets K)")
         if hasattr(datamodule, "num_classes") and datamodule.num_classes != self.hparams.num_classes:
-            raise ValueError(
-                f"model has {self.hparams.num_classes} classes but the data {datamodule.num_classes}"
-            )
+            raise ValueError(f"model has {self.hparams.num_classes} classes but the data {datamodule.num_classes}")
         if stage == "fit" and hasattr(datamodule, "save_membership"):
             datamodule.setup(stage)
             if self.trainer.is_global_zero:
@@ -240,7 +240,9 @@ class ShadowEnsemble(LightningModule):
         saved = checkpoint.get("hyper_parameters", {})
         for key in ("backbone", "num_classes"):
             if key in saved and saved[key] != self.hparams[key]:
-                raise ValueError(f"checkpoint has {key}={saved[key]!r} but this ShadowEnsemble has {self.hparams[key]!r}")
+                raise ValueError(
+                    f"checkpoint has {key}={saved[key]!r} but this ShadowEnsemble has {self.hparams[key]!r}"
+                )
         stacked = [v for k, v in checkpoint["state_dict"].items() if k.startswith("weights.")]
         if not stacked:
             raise ValueError("checkpoint holds no ShadowEnsemble weights (no 'weights.*' entries)")
