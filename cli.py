@@ -28,7 +28,8 @@ training (LightningCLI; --config YAML files, --print_config):
 tools:
   data       materialise a bundled real dataset as class folders
   run        run a study (ordered steps; finished steps are skipped)
-  attack     membership inference (LiRA, baseline) from saved shadow and target logits
+  attack     membership inference (LiRA, baseline) from shadow logits and a target checkpoint or logits
+  privacy-report   one accuracy / AUC_MIA / TPR@FPR / AOP table and ROC figure over attack folders
 
 Outputs go to runs/<study>/<name>/ (--run.study, --run.name).
 """

@@ -55,10 +55,11 @@ def test_no_leak_gives_chance_auc(tmp_path: Path) -> None:
 
 
 def test_explicit_target_with_member_list(tmp_path: Path) -> None:
-    shadows = _shadow_file(tmp_path / "shadows.npz", k=10)
+    shadows = _shadow_file(tmp_path / "shadows.npz", k=12)
     with np.load(shadows) as data:
         d = {k: data[k] for k in data.files}
-    np.savez(tmp_path / "refs.npz", logits=d["logits"][1:], labels=d["labels"], ids=d["ids"], mask=d["mask"][1:])
+    # model 0 is the target, models 2..11 (an even number) the references
+    np.savez(tmp_path / "refs.npz", logits=d["logits"][2:], labels=d["labels"], ids=d["ids"], mask=d["mask"][2:])
     np.savez(tmp_path / "target.npz", logits=d["logits"][0], ids=d["ids"])
     (tmp_path / "members.txt").write_text("\n".join(d["ids"][d["mask"][0]]))
     args = ["attack", str(tmp_path / "refs.npz"), "--target", str(tmp_path / "target.npz")]
@@ -95,6 +96,10 @@ def test_bad_inputs(tmp_path: Path) -> None:
     np.savez(tmp_path / "one.npz", **{**d, "logits": d["logits"][:1], "mask": d["mask"][:1]})
     with pytest.raises(ValueError, match="K=1"):
         main(["attack", str(tmp_path / "one.npz"), str(tmp_path / "c")])
+    np.savez(tmp_path / "odd.npz", **{**d, "logits": d["logits"][:3], "mask": d["mask"][:3]})
+    with pytest.raises(ValueError, match="even number.*K=3"):
+        main(["attack", str(tmp_path / "odd.npz"), str(tmp_path / "e")])
+    main(["attack", str(tmp_path / "odd.npz"), str(tmp_path / "f"), "--attacks", "[offline]"])  # offline: any K
     np.savez(tmp_path / "nolabels.npz", logits=d["logits"], ids=d["ids"], mask=d["mask"])
     with pytest.raises(ValueError, match="lacks \\['labels'\\]"):
         main(["attack", str(tmp_path / "nolabels.npz"), str(tmp_path / "d")])

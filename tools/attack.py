@@ -75,7 +75,7 @@ def run_attack(
         shadows: shadow-logits npz (logits, labels, ids, mask), e.g. ``runs/<study>/shadows/shadows.npz``.
         out: output folder.
         target: target-logits npz (logits, ids); omit both targets for leave-one-out over the shadows.
-        target_checkpoint: a target checkpoint (e.g. a teacher's ``last.ckpt``); it is queried on the shadows'
+        target_checkpoint: a target checkpoint, or its run folder (best checkpoint, else last); it is queried on the shadows'
             examples and views (from the shadows' run config) and its logits saved as ``out/target_logits.npz``.
         members_file: text file of the target's training ids; default the shadows' run
             ``membership/target_members.txt``.
@@ -89,6 +89,10 @@ def run_attack(
     out_dir = Path(out)
     if target is not None and target_checkpoint is not None:
         raise ValueError("give --target (saved logits) or --target_checkpoint, not both")
+    if target_checkpoint is not None:
+        from tools.target_logits import resolve_target_checkpoint
+
+        target_checkpoint = resolve_target_checkpoint(target_checkpoint)
     if (target or target_checkpoint) and members_file is None:
         members_file, non_members_file = _design_member_files(shadows, non_members_file)
     inputs = {

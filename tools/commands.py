@@ -9,12 +9,14 @@ from jsonargparse import auto_cli
 
 from tools.attack import run_attack
 from tools.bundled_data import materialise_dataset
+from tools.privacy_report import privacy_report
 from tools.study import run_study
 
 TOOLS: dict[str, Callable[..., Any]] = {
     "data": materialise_dataset,
     "run": run_study,
     "attack": run_attack,
+    "privacy-report": privacy_report,
 }
 
 

@@ -37,6 +37,21 @@ def load_run_datamodule(run_dir: Path) -> LightningDataModule:
     return parser.instantiate_classes(parsed).data
 
 
+def resolve_target_checkpoint(path: str) -> str:
+    """A checkpoint file as is; a run folder gives its best checkpoint (or last.ckpt when none is recorded)."""
+    from tools.run_dirs import resolve_checkpoint
+
+    folder = Path(path)
+    if not folder.is_dir():
+        if not folder.is_file():
+            raise FileNotFoundError(f"--target_checkpoint: {folder} does not exist")
+        return path
+    try:
+        return resolve_checkpoint(folder, "best")
+    except FileNotFoundError:
+        return resolve_checkpoint(folder, "last")
+
+
 def load_target(checkpoint: Path, device: torch.device) -> LightningModule:
     """The LightningModule of a checkpoint; its class comes from the run's config.yaml (default ImageClassifier)."""
     import lightning_modules
