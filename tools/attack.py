@@ -75,8 +75,8 @@ def run_attack(
         shadows: shadow-logits npz (logits, labels, ids, mask), e.g. ``runs/<study>/shadows/shadows.npz``.
         out: output folder.
         target: target-logits npz (logits, ids); omit both targets for leave-one-out over the shadows.
-        target_checkpoint: a target checkpoint, or its run folder (best checkpoint, else last); it is queried on the shadows'
-            examples and views (from the shadows' run config) and its logits saved as ``out/target_logits.npz``.
+        target_checkpoint: a target checkpoint, or its run folder (best checkpoint, else last); it is queried
+            on the shadows' examples and views (from the shadows' run config); logits go to ``out/target_logits.npz``.
         members_file: text file of the target's training ids; default the shadows' run
             ``membership/target_members.txt``.
         non_members_file: text file of known non-member ids; default the shadows' run

@@ -69,7 +69,8 @@ def _row(entry: ReportEntry) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarr
     folder = Path(entry.attack_dir)
     record = _read_json(folder / "metrics.json", f"entry {entry.label!r} attack_dir")
     if entry.attack not in record["metrics"]:
-        raise ValueError(f"entry {entry.label!r}: {folder} has no {entry.attack!r} attack (has {sorted(record['metrics'])})")
+        found = sorted(record["metrics"])
+        raise ValueError(f"entry {entry.label!r}: {folder} has no {entry.attack!r} attack (has {found})")
     metrics = record["metrics"][entry.attack]
     with np.load(folder / "roc.npz") as roc:
         curve = roc[f"{entry.attack}_fpr"], roc[f"{entry.attack}_tpr"]
