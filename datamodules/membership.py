@@ -145,6 +145,7 @@ class MembershipDataModule(LightningDataModule):
                 members = set(parts[hp.target_split].ids)
                 self.target_members = [i for i in self.pool.ids if i in members]
                 self.target_non_members = [i for i in self.pool.ids if i not in members]
+            self._check_every_model_has_members()
             return
         train, test = self.source.membership_pool("train"), self.source.membership_pool("test")
         for split, part in (("train", train), ("test", test)):
@@ -160,6 +161,15 @@ class MembershipDataModule(LightningDataModule):
         self.query_mask = np.concatenate([never_in, self.mask[:, non_members]], axis=1)
         self.target_members = [train.ids[i] for i in members]
         self.target_non_members = [test.ids[i] for i in non_members]
+        self._check_every_model_has_members()
+
+    def _check_every_model_has_members(self) -> None:
+        empty = np.flatnonzero(self.mask.sum(axis=1) == 0)
+        if len(empty):
+            raise ValueError(
+                f"data: shadow model {int(empty[0])} has no member examples: the pool of {self.mask.shape[1]} examples "
+                f"is too small for data.num_models={self.hparams.num_models}; use more examples or fewer models"
+            )
 
     # ---- training: every model its own member batches -------------------------------------------------
     @property

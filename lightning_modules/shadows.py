@@ -166,6 +166,14 @@ class ShadowEnsemble(LightningModule):
         lam, perm = mix
         return (lam * ce(labels) + (1 - lam) * ce(torch.gather(labels, 1, perm))).sum()
 
+    def _mixup_draws(self, step: int, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixUp weights (K,) and partners (K, B) of one step, drawn for all K at once so groups do not matter."""
+        k, b = shape
+        rng = np.random.default_rng([self.current_epoch, step, 7])
+        lam = torch.from_numpy(rng.beta(self.hparams.mixup_alpha, self.hparams.mixup_alpha, k))
+        perm = torch.from_numpy(np.stack([rng.permutation(b) for _ in range(k)]))
+        return lam, perm
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """One step of every model on its own member batch, ``group_size`` models per forward/backward."""
         step = int(batch)
@@ -174,14 +182,13 @@ class ShadowEnsemble(LightningModule):
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         total, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-        rng = np.random.default_rng([self.current_epoch, step, 7])
+        mixing = self._mixup_draws(step, labels.shape) if self.hparams.mixup_alpha > 0 else None
         for models in self._groups():
             x, y = images[models], labels[models]
             mix = None
-            if self.hparams.mixup_alpha > 0:
+            if mixing is not None:
                 g, b = y.shape
-                lam = torch.tensor(rng.beta(self.hparams.mixup_alpha, self.hparams.mixup_alpha, g), device=x.device)
-                perm = torch.from_numpy(np.stack([rng.permutation(b) for _ in range(g)])).to(x.device)
+                lam, perm = mixing[0][models].to(x.device), mixing[1][models].to(x.device)
                 shape = (g, b) + (1,) * (x.ndim - 2)
                 partner = torch.gather(x, 1, perm.view(shape).expand_as(x))
                 lam_x = lam.float().view((g,) + (1,) * (x.ndim - 1))

@@ -99,7 +99,6 @@ def test_bad_inputs(tmp_path: Path) -> None:
     np.savez(tmp_path / "odd.npz", **{**d, "logits": d["logits"][:3], "mask": d["mask"][:3]})
     with pytest.raises(ValueError, match=r"even number.*K=3"):
         main(["attack", str(tmp_path / "odd.npz"), str(tmp_path / "e")])
-    main(["attack", str(tmp_path / "odd.npz"), str(tmp_path / "f"), "--attacks", "[offline]"])  # offline: any K
     np.savez(tmp_path / "nolabels.npz", logits=d["logits"], ids=d["ids"], mask=d["mask"])
     with pytest.raises(ValueError, match="lacks \\['labels'\\]"):
         main(["attack", str(tmp_path / "nolabels.npz"), str(tmp_path / "d")])

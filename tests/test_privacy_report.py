@@ -49,19 +49,22 @@ def test_report_table_json_and_roc(tmp_path: Path) -> None:
     assert (tmp_path / "report" / "roc.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def _report(tmp_path: Path, entries: list[dict]) -> None:
+    config = tmp_path / "report_config.yaml"
+    config.write_text(yaml.safe_dump({"out": str(tmp_path / "r"), "entries": entries}))
+    main(["privacy-report", "--config", str(config)])
+
+
 def test_report_errors(tmp_path: Path) -> None:
     leaky = _attack(tmp_path, "leaky", 2.0)
-    out = str(tmp_path / "r")
     with pytest.raises(FileNotFoundError, match="attack_dir"):
-        main(["privacy-report", out, "--entries", json.dumps([{"label": "x", "attack_dir": str(tmp_path / "no")}])])
-    twice = [{"label": "x", "attack_dir": str(leaky)}] * 2
+        _report(tmp_path, [{"label": "x", "attack_dir": str(tmp_path / "no")}])
     with pytest.raises(ValueError, match="unique"):
-        main(["privacy-report", out, "--entries", json.dumps(twice)])
+        _report(tmp_path, [{"label": "x", "attack_dir": str(leaky)}] * 2)
     bad = tmp_path / "bad_metrics.json"
     bad.write_text(json.dumps({"metrics": {"val/acc": 0.5}}))
-    entry = [{"label": "x", "attack_dir": str(leaky), "test_metrics": str(bad)}]
     with pytest.raises(ValueError, match="no 'test/acc'"):
-        main(["privacy-report", out, "--entries", json.dumps(entry)])
+        _report(tmp_path, [{"label": "x", "attack_dir": str(leaky), "test_metrics": str(bad)}])
 
 
 def test_quickstart_shadows_copy_the_teacher_recipe_and_data() -> None:
