@@ -28,6 +28,7 @@ def test_report_table_json_and_roc(tmp_path: Path) -> None:
     config = {
         "out": str(tmp_path / "report"),
         "title": "t",
+        "wandb_project": "synthpriv-test",
         "entries": [
             {"label": "leaky", "attack_dir": str(leaky), "test_metrics": str(metrics)},
             {"label": "private", "attack_dir": str(private), "attack": "offline", "accuracy": 0.8},
@@ -47,6 +48,7 @@ def test_report_table_json_and_roc(tmp_path: Path) -> None:
     table = (tmp_path / "report" / "report.md").read_text()
     assert "| leaky | 90.00 |" in table and "| no accuracy | – |" in table
     assert (tmp_path / "report" / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((tmp_path / "report" / "wandb").glob("offline-run-*/run-*.wandb"))  # table + figure logged offline
 
 
 def _report(tmp_path: Path, entries: list[dict]) -> None:

@@ -149,11 +149,18 @@ def privacy_report(
 def _log_wandb(project: str, out_dir: Path, title: str, rows: list[dict[str, Any]]) -> None:
     import wandb
 
-    run = wandb.init(project=project, name=title, dir=str(out_dir), job_type="privacy-report",
-                     mode=os.environ.get("WANDB_MODE", "offline"))
+    run = wandb.init(
+        project=project,
+        name=title,
+        dir=str(out_dir),
+        job_type="privacy-report",
+        mode=os.environ.get("WANDB_MODE", "offline"),
+    )
     columns = list(rows[0])
-    run.log({
-        "privacy/report": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows]),
-        "privacy/roc": wandb.Image(str(out_dir / "roc.png")),
-    })
+    run.log(
+        {
+            "privacy/report": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows]),
+            "privacy/roc": wandb.Image(str(out_dir / "roc.png")),
+        }
+    )
     run.finish()
