@@ -99,7 +99,7 @@ def time_grouped(data: MembershipDataModule, group_size: int, root: str, args: a
 def time_sequential(data: MembershipDataModule, args: argparse.Namespace) -> float:
     device, b = torch.device(args.device), args.batch_size
     nets = [build_backbone(args.backbone, 10, image_size=args.image_size) for _ in range(args.models)]
-    orders = [data._epoch_order(epoch).copy() for epoch in range(args.epochs)]  # the grouped path's batches
+    orders = [data.epoch_order(epoch).copy() for epoch in range(args.epochs)]  # the grouped path's batches
     labels_all = torch.from_numpy(data.pool.labels).to(device)
     data.pool.inputs = data.pool.inputs.to(device)
     _sync(device)

@@ -177,7 +177,7 @@ class MembershipDataModule(LightningDataModule):
         """Steps of one epoch: the mean member count per model over the batch size, rounded up."""
         return max(1, math.ceil(self.mask.sum(axis=1).mean() / self.hparams.batch_size))
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
+    def epoch_order(self, epoch: int) -> np.ndarray:
         """(K, steps * B) pool positions: each model's members shuffled, wrapping round when it has fewer."""
         if epoch not in self._orders:
             hp, length = self.hparams, self.steps_per_epoch * self.hparams.batch_size
@@ -195,7 +195,7 @@ class MembershipDataModule(LightningDataModule):
         if self.pool.inputs.device != device:
             self.pool.inputs = self.pool.inputs.to(device)
         b = self.hparams.batch_size
-        positions = torch.from_numpy(self._epoch_order(epoch)[:, step * b : (step + 1) * b])
+        positions = torch.from_numpy(self.epoch_order(epoch)[:, step * b : (step + 1) * b])
         seed = np.random.SeedSequence([self.hparams.shuffle_seed, epoch, step]).generate_state(1)[0]
         generator = torch.Generator().manual_seed(int(seed))
         inputs = self.pool.training_inputs(positions, generator)

@@ -14,7 +14,6 @@ stores them as ``shadows.npz`` for ``synthpriv attack``.
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any, Literal
 
 import numpy as np
@@ -26,8 +25,6 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from lightning_modules.classifier import SEMSIM_MILESTONE_DIVISORS
 from lightning_modules.networks import build_backbone
-
-log = logging.getLogger(__name__)
 
 
 def _key(name: str) -> str:
