@@ -19,9 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
 from lightning_modules.networks import build_backbone, load_weights
 from lightning_modules.pretrained import resolve_weights
-
-# SemSim's MultiStepLR milestones as fractions of the epoch count (epochs//2.667, //1.6, //1.142).
-SEMSIM_MILESTONE_DIVISORS = (2.667, 1.6, 1.142)
+from lightning_modules.recipes import optimizer_and_schedule
 
 
 class ImageClassifier(LightningModule):
@@ -239,25 +237,8 @@ class ImageClassifier(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW or SGD-Nesterov with a cosine or multistep schedule, stepped per epoch."""
-        hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        if hp.optimizer == "adamw":
-            opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            opt = torch.optim.SGD(
-                params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
-            )
-        if hp.scheduler == "none":
-            return {"optimizer": opt}
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else None
-        if epochs is None:
-            raise ValueError(f"model.scheduler={hp.scheduler!r} needs trainer.max_epochs to be set")
-        if hp.scheduler == "cosine":
-            sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=0.0)
-        else:
-            milestones = hp.milestones or [int(epochs // d) for d in SEMSIM_MILESTONE_DIVISORS]
-            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=hp.gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return optimizer_and_schedule(params, self.hparams, self.trainer.max_epochs)
 
 
 def _as_tuple(value: Any) -> Any:

@@ -23,8 +23,8 @@ from lightning import LightningModule
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from lightning_modules.classifier import SEMSIM_MILESTONE_DIVISORS
 from lightning_modules.networks import build_backbone
+from lightning_modules.recipes import optimizer_and_schedule
 
 
 def _key(name: str) -> str:
@@ -219,25 +219,7 @@ class ShadowEnsemble(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW or SGD over the stacked tensors (element-wise, so per model), cosine/multistep per epoch."""
-        hp = self.hparams
-        params = list(self.weights.values())
-        if hp.optimizer == "adamw":
-            opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            opt = torch.optim.SGD(
-                params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
-            )
-        if hp.scheduler == "none":
-            return {"optimizer": opt}
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else None
-        if epochs is None:
-            raise ValueError(f"model.scheduler={hp.scheduler!r} needs trainer.max_epochs to be set")
-        if hp.scheduler == "cosine":
-            sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=0.0)
-        else:
-            milestones = hp.milestones or [int(epochs // d) for d in SEMSIM_MILESTONE_DIVISORS]
-            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=hp.gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return optimizer_and_schedule(self.weights.values(), self.hparams, self.trainer.max_epochs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Build the K models a checkpoint holds (outside a Trainer) or refuse one of another K/backbone/classes."""
