@@ -198,8 +198,8 @@ class ShadowEnsemble(LightningModule):
             correct += (logits.argmax(-1) == y).float().mean(1).sum().detach()
         optimizer.step()
         k, size = self.num_models, labels.numel()
-        self.log("train/loss", total / k, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
-        self.log("train/acc", correct / k, prog_bar=True, on_step=False, on_epoch=True, batch_size=size)
+        self.log("train/loss", total / k, prog_bar=True, on_step=True, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log("train/acc", correct / k, prog_bar=True, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         return total / k
 
     def on_train_epoch_end(self) -> None:
