@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,13 @@ def test_wandb_preset_writes_an_offline_run_with_the_full_config(tmp_path: Path)
     run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
     assert offline[0].name.endswith(run_id)
     wandb.finish()  # flush the run, as process exit would
-    sent = next(offline[0].glob("run-*.wandb")).read_bytes()
+    # wandb-core may still be writing the file after finish() returns (seen once in CI): wait for it, briefly.
+    deadline = time.monotonic() + 20
+    while True:
+        sent = next(offline[0].glob("run-*.wandb")).read_bytes()
+        if (b"train_roots" in sent and b"if_exists" in sent) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert b"train_roots" in sent and b"if_exists" in sent  # data and run sections of the resolved config
 
 
