@@ -23,7 +23,8 @@ from datamodules.folders import (
     scan_class_folders,
     stratified_split,
 )
-from datamodules.pool import MembershipPool, save_own_hyperparameters
+from datamodules.hparams import save_own_hyperparameters
+from datamodules.pool import MembershipPool
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformPreset, build_transform
 
 log = logging.getLogger(__name__)
