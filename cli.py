@@ -58,6 +58,8 @@ class SynthPrivCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
         parser.link_arguments("data.input_size", "model.init_args.image_size", apply_on="instantiate")
+        # Feature-vector data only; jsonargparse skips a link whose source or target does not exist.
+        parser.link_arguments("data.feature_dim", "model.init_args.feature_dim", apply_on="instantiate")
 
     def parse_arguments(self, parser: Any, args: ArgsType) -> None:
         """Parse, then point the subcommand's config at its run folder (before the checkpoint is read)."""

@@ -29,6 +29,7 @@ from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformPreset,
 
 log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
 class ImageFileDataset(Dataset):
@@ -56,7 +57,7 @@ class ImageFolderDataModule(LightningDataModule):
         val_root: str | None = None,
         val_fraction: float = 0.1,
         test_root: str | None = None,
-        predict_split: Split = "test",
+        predict_split: Literal["train", "val", "test", "all"] = "test",
         class_names: list[str] | None = None,
         image_size: int | None = None,
         transform: TransformPreset = "none",
@@ -80,7 +81,8 @@ class ImageFolderDataModule(LightningDataModule):
                 held out (stratified, seeded by split_seed).
             val_fraction: held-out share of the training images when val_root is unset; 0 disables validation.
             test_root: real test folder.
-            predict_split: which split `predict` runs on.
+            predict_split: which split `predict` runs on; 'all' gives one loader per non-empty split, in the
+                order train, val, test (see ``predict_splits``).
             class_names: class names in label order; default the sorted class folders of the first source.
             image_size: resize every image to this square size; default the first image's longer side.
             transform: training augmentation preset: none, cifar (crop + flip) or tckr (flip, AugMix, crop).
@@ -179,6 +181,13 @@ class ImageFolderDataModule(LightningDataModule):
         """Side in pixels of the images the model receives (linked into the model)."""
         return self._input_size
 
+    @property
+    def predict_splits(self) -> list[Split]:
+        """Split names of the predict loaders, in loader order."""
+        if self.hparams.predict_split == "all":
+            return [split for split in SPLITS if self._samples_by_split[split]]
+        return [self.hparams.predict_split]
+
     def samples(self, split: Split) -> list[Sample]:
         """The samples of a split, in dataset-index order."""
         return list(self._samples_by_split[split])
@@ -236,7 +245,7 @@ class ImageFolderDataModule(LightningDataModule):
             "fit": ("train", "val"),
             "validate": ("val",),
             "test": ("test",),
-            "predict": (self.hparams.predict_split,),
+            "predict": self.predict_splits,
         }
         for split in needed[stage]:
             if split in self._datasets:
@@ -272,8 +281,10 @@ class ImageFolderDataModule(LightningDataModule):
         """Test batches."""
         return self._loader("test", shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
-        """Batches of ``predict_split`` in index order."""
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Batches of ``predict_split`` in index order; for 'all', one loader per entry of ``predict_splits``."""
+        if self.hparams.predict_split == "all":
+            return [self._loader(split, shuffle=False) for split in self.predict_splits]
         return self._loader(self.hparams.predict_split, shuffle=False)
 
 

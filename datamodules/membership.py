@@ -127,6 +127,11 @@ class MembershipDataModule(LightningDataModule):
         return self.source.input_size
 
     @property
+    def feature_dim(self) -> int:
+        """Feature size of a feature-vector source (linked into the model); images have none."""
+        return self.source.feature_dim
+
+    @property
     def num_models(self) -> int:
         """K."""
         return self.hparams.num_models
@@ -201,6 +206,14 @@ class MembershipDataModule(LightningDataModule):
         inputs = self.pool.training_inputs(positions, generator)
         labels = torch.from_numpy(self.pool.labels[positions.numpy()]).to(device)
         return {"image": inputs, "label": labels}
+
+    def member_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, D) mean and standard deviation (ddof 0) of each model's member features (feature pools only)."""
+        if self.pool is None or self.pool.is_image:
+            raise ValueError("member statistics exist for feature-vector pools after setup")
+        x = self.pool.inputs.detach().cpu().double()
+        stats = [(x[torch.from_numpy(row)].mean(0), x[torch.from_numpy(row)].std(0, correction=0)) for row in self.mask]
+        return torch.stack([m for m, _ in stats]).float(), torch.stack([s for _, s in stats]).float()
 
     def train_dataloader(self) -> DataLoader:
         """Step numbers of one epoch (the training step assembles the K member batches)."""

@@ -41,6 +41,7 @@ class ShadowEnsemble(LightningModule):
         num_classes: int = 10,
         class_names: list[str] | None = None,
         image_size: int = 32,
+        feature_dim: int | None = None,
         bn_momentum: float | None = 0.1,
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
@@ -61,6 +62,7 @@ class ShadowEnsemble(LightningModule):
             num_classes: number of classes (linked from the data module).
             class_names: class names (linked from the data module).
             image_size: input side in pixels (linked from the data module).
+            feature_dim: input size for feature-vector data and the ``linear`` backbone (linked from the data).
             bn_momentum: BatchNorm momentum of every BN layer.
             label_smoothing: label smoothing of the cross-entropy.
             mixup_alpha: per-model MixUp Beta(alpha, alpha); 0 disables it.
@@ -92,7 +94,13 @@ class ShadowEnsemble(LightningModule):
             raise ValueError(f"data.num_models must be at least 2; got {num_models}")
         hp = self.hparams
         nets = [
-            build_backbone(hp.backbone, hp.num_classes, image_size=hp.image_size, bn_momentum=hp.bn_momentum)
+            build_backbone(
+                hp.backbone,
+                hp.num_classes,
+                image_size=hp.image_size,
+                bn_momentum=hp.bn_momentum,
+                feature_dim=hp.get("feature_dim"),
+            )
             for _ in range(num_models)
         ]
         params, buffers = stack_module_state(nets)
@@ -136,6 +144,7 @@ class ShadowEnsemble(LightningModule):
         if wanted is not None:
             if self.num_models == 0:
                 self.configure_models(wanted)
+                self._standardise_each_model(datamodule)
             elif wanted != self.num_models:
                 raise ValueError(
                     f"the checkpoint holds {self.num_models} shadow models but data.num_models is {wanted}"
@@ -149,6 +158,15 @@ class ShadowEnsemble(LightningModule):
             if self.trainer.is_global_zero:
                 datamodule.save_membership(self.trainer.default_root_dir)
             self.trainer.strategy.barrier()
+
+    def _standardise_each_model(self, datamodule: Any) -> None:
+        """``linear`` shadows z-score with their own members' statistics, as a probe does with its training set."""
+        if self.hparams.backbone != "linear":
+            return
+        datamodule.setup("fit")
+        mean, std = datamodule.member_statistics()
+        self.stats.mean.copy_(mean)
+        self.stats.std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
 
     def _mixed_loss(self, logits: torch.Tensor, labels: torch.Tensor, mix: tuple[Any, ...] | None) -> torch.Tensor:
         """Sum over models of each model's mean loss, so every model gets its own mean-loss gradient."""

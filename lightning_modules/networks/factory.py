@@ -1,7 +1,8 @@
 """Backbone registry: build a classifier network by name, load local weights, replace the head.
 
 Names: the torchvision models in ``TORCHVISION_BACKBONES`` and the CIFAR-style families ``resnet{depth}-{width}``
-(e.g. ``resnet20-4``, ``resnet8-1``) and ``convnet-{width}`` (e.g. ``convnet-64``).
+(e.g. ``resnet20-4``, ``resnet8-1``) and ``convnet-{width}`` (e.g. ``convnet-64``), and ``linear`` for feature
+vectors (a standardised linear probe; needs ``feature_dim``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torchvision
 from torch import nn
 
 from lightning_modules.networks.cifar import CifarResNet, ConvNet
+from lightning_modules.networks.linear import StandardisedLinear
 
 TORCHVISION_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
@@ -29,6 +31,7 @@ KNOWN_BACKBONES = (
     *TORCHVISION_BACKBONES,
     "resnet{depth}-{width} (e.g. resnet20-4)",
     "convnet-{width} (e.g. convnet-64)",
+    "linear (feature vectors: z-scoring + one linear layer)",
 )
 # Parameter-name prefixes of each family's classification head (dropped from weight files of another size).
 _HEAD_PREFIXES = {"mobilenet": ("classifier.",), "resnet": ("fc.",), "convnet": ("fc.",)}
@@ -36,12 +39,18 @@ _HEAD_PREFIXES = {"mobilenet": ("classifier.",), "resnet": ("fc.",), "convnet": 
 
 def check_backbone_name(name: str) -> None:
     """Raise a ValueError naming the known backbones when ``name`` is not one of them."""
-    if name in TORCHVISION_BACKBONES or _RESNET.match(name) or _CONVNET.match(name):
+    if name in TORCHVISION_BACKBONES or name == "linear" or _RESNET.match(name) or _CONVNET.match(name):
         return
     raise ValueError(f"model.backbone: unknown backbone {name!r}; expected one of: {', '.join(KNOWN_BACKBONES)}")
 
 
-def build_backbone(name: str, num_classes: int, image_size: int = 32, bn_momentum: float | None = 0.1) -> nn.Module:
+def build_backbone(
+    name: str,
+    num_classes: int,
+    image_size: int = 32,
+    bn_momentum: float | None = 0.1,
+    feature_dim: int | None = None,
+) -> nn.Module:
     """Build network ``name`` with a freshly initialised ``num_classes``-way head.
 
     Args:
@@ -50,8 +59,13 @@ def build_backbone(name: str, num_classes: int, image_size: int = 32, bn_momentu
         image_size: input side in pixels (only the ConvNet head depends on it).
         bn_momentum: BatchNorm momentum for every BN layer; torchvision's MobileNetV3 uses 0.01, which leaves
             the running statistics useless after a few hundred steps. ``None`` keeps each model's own value.
+        feature_dim: input size of the ``linear`` backbone (feature vectors).
     """
     check_backbone_name(name)
+    if name == "linear":
+        if not feature_dim:
+            raise ValueError("backbone 'linear' needs the feature size (model.feature_dim, linked from data)")
+        return StandardisedLinear(feature_dim, num_classes)
     if name in TORCHVISION_BACKBONES:
         net = TORCHVISION_BACKBONES[name](weights=None)
         replace_head(net, num_classes)

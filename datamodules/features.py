@@ -1,0 +1,255 @@
+"""FeatureDataModule: extracted feature vectors, optionally anonymised, for linear probes and CVAEs.
+
+Batches are dicts ``{"features": (B, D) float32, "label": (B,), "index": (B,)}`` of **raw** features. The
+z-scoring of the CVAE study (with the, possibly anonymised, training set's mean and std) belongs to the model:
+``standardisation()`` gives those statistics and ``LinearProbe`` stores them as buffers, so a probe checkpoint
+can be queried with raw features (by the test split and by membership attacks alike).
+
+Anonymisers (``seeds.md`` §4): ``identity``; ``ksame`` (k-Same of the training features); ``cvae`` (a 1:1
+replica sampled once from a FeatureCVAE checkpoint, seeded); ``cvae-online`` (``online_factor`` x |train| fresh
+samples every epoch, decoded on the model's device; the labels follow the real class frequencies). Validation
+and test features are always real. Test noise ``sigma`` is N(0, sigma^2) in the z-scored space, as the original
+adds it after z-scoring.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.anonymised import cvae_train, ksame_train
+from datamodules.feature_files import FeatureSplit, read_class_names, read_feature_folder
+from datamodules.hparams import save_own_hyperparameters
+from datamodules.pool import MembershipPool
+
+Anonymiser = Literal["identity", "ksame", "cvae", "cvae-online"]
+FeatureSplitName = Literal["train", "val", "test"]
+
+
+class _FeatureSet(Dataset):
+    def __init__(self, embeddings: np.ndarray, labels: np.ndarray) -> None:
+        self.embeddings = torch.from_numpy(embeddings)
+        self.labels = torch.from_numpy(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"features": self.embeddings[index], "label": self.labels[index], "index": index}
+
+
+class _SlotSet(Dataset):
+    """Online training: only positions; the features are decoded per batch on the device."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"index": index}
+
+
+class FeatureDataModule(LightningDataModule):
+    """Train/val/test feature vectors from a feature folder, with the CVAE study's anonymisers."""
+
+    def __init__(
+        self,
+        root: str,
+        anonymiser: Anonymiser = "identity",
+        k: int | None = None,
+        cvae_checkpoint: str | None = None,
+        cvae_seed: int = 42,
+        variance: float = 1.0,
+        online_factor: int = 10,
+        sigma: float = 0.0,
+        noise_seed: int = 0,
+        predict_split: FeatureSplitName = "test",
+        class_names: list[str] | None = None,
+        cache_dir: str | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        """Check the options and read the class list (the features are read in ``setup``).
+
+        Args:
+            root: folder with train.npz, val.npz, test.npz (embeddings, labels, ids) and manifest.json.
+            anonymiser: identity, ksame, cvae (offline replica) or cvae-online (fresh samples every epoch).
+            k: cluster size of k-Same (2 <= k <= number of training examples).
+            cvae_checkpoint: FeatureCVAE checkpoint for cvae / cvae-online.
+            cvae_seed: seed of the CVAE samples (the original's --seed).
+            variance: multiplier of the prior's standard deviation when sampling (the original's --variance).
+            online_factor: cvae-online draws online_factor x |train| samples per epoch (the original: 10).
+            sigma: std of the Gaussian noise added to the z-scored test features (floats allowed; 0: none).
+            noise_seed: seed of the test noise.
+            predict_split: split that `predict` runs on.
+            class_names: class names in label order; default those of root/manifest.json.
+            cache_dir: where anonymised training sets are cached; default root/anonymised.
+            batch_size: training batch size (the original: 128).
+            eval_batch_size: batch size of val/test/predict; default batch_size.
+            num_workers: DataLoader worker processes.
+        """
+        super().__init__()
+        if anonymiser == "ksame" and k is None:
+            raise ValueError("data.anonymiser=ksame needs data.k (the k-Same cluster size)")
+        if anonymiser in ("cvae", "cvae-online") and not cvae_checkpoint:
+            raise ValueError(f"data.anonymiser={anonymiser} needs data.cvae_checkpoint (a FeatureCVAE checkpoint)")
+        for name, value in (("sigma", sigma), ("variance", variance)):
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"data.{name} must be a finite number >= 0; got {value}")
+        if online_factor < 1:
+            raise ValueError(f"data.online_factor must be at least 1; got {online_factor}")
+        save_own_hyperparameters(self, ignore=["class_names"])
+        self.root = Path(root)
+        self._class_names = read_class_names(self.root, class_names)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / "anonymised"
+        self.splits: dict[str, FeatureSplit] = {}
+        self.real_train: FeatureSplit | None = None
+        self._mean: torch.Tensor | None = None
+        self._std: torch.Tensor | None = None
+        self._decoder: Any = None
+        self._feature_dim: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (linked into the model)."""
+        return len(self._class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order (linked into the model)."""
+        return list(self._class_names)
+
+    @property
+    def feature_dim(self) -> int:
+        """Feature size D (linked into the model); read from the train file's header."""
+        if self._feature_dim is None:
+            with np.load(self._file("train"), allow_pickle=False) as data:
+                if "embeddings" not in data.files:
+                    raise ValueError(f"{self._file('train')} lacks key 'embeddings'; it holds {sorted(data.files)}")
+                self._feature_dim = int(data["embeddings"].shape[-1])
+        return self._feature_dim
+
+    def _file(self, split: str) -> Path:
+        path = self.root / f"{split}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"data.root: feature file {path} does not exist (expected train/val/test.npz)")
+        return path
+
+    # ---- reading and anonymising ------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Compute (once, on one process) the anonymised training set, cached under cache_dir."""
+        self._anonymised_train(read_feature_folder(self.root, self.num_classes, ("train",))["train"])
+
+    def _anonymised_train(self, train: FeatureSplit) -> FeatureSplit:
+        hp = self.hparams
+        if hp.anonymiser == "ksame":
+            return ksame_train(train, self._file("train"), hp.k, self.cache_dir, self.num_classes)
+        if hp.anonymiser == "cvae":
+            checkpoint = Path(hp.cvae_checkpoint)
+            return cvae_train(train, checkpoint, hp.cvae_seed, hp.variance, self.cache_dir, self.num_classes)
+        return train
+
+    def setup(self, stage: str) -> None:
+        """Read every split, anonymise the training set and fix the z-scoring statistics."""
+        if self.splits:
+            return
+        hp = self.hparams
+        loaded = read_feature_folder(self.root, self.num_classes)
+        self.real_train = loaded["train"]
+        self.splits = dict(loaded)
+        self.splits["train"] = self._anonymised_train(self.real_train)
+        # The probe's z-scoring: the anonymised training set's statistics, except online, where the original
+        # z-scores with the real training set (the CVAE is trained and sampled in that space).
+        basis = self.real_train if hp.anonymiser == "cvae-online" else self.splits["train"]
+        x = torch.from_numpy(basis.embeddings).double()
+        self._mean, std = x.mean(0).float(), x.std(0, correction=0).float()
+        self._std = torch.where(std > 0, std, torch.ones_like(std))
+        if hp.sigma > 0:
+            test = self.splits["test"]
+            noise = np.random.default_rng(hp.noise_seed).standard_normal(test.embeddings.shape)
+            noisy = test.embeddings + (hp.sigma * noise * self._std.numpy()).astype(np.float32)
+            self.splits["test"] = FeatureSplit(noisy.astype(np.float32), test.labels, test.ids)
+        if hp.anonymiser == "cvae-online":
+            from lightning_modules.cvae import load_feature_cvae
+
+            self._decoder = load_feature_cvae(Path(hp.cvae_checkpoint), self.feature_dim, self.num_classes)
+            counts = np.bincount(self.real_train.labels, minlength=self.num_classes)
+            self._class_probs = torch.from_numpy(counts / counts.sum())
+
+    def standardisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D,) mean and std (ddof 0, zeros replaced by 1) the model z-scores its inputs with."""
+        if self._mean is None:
+            self.setup("fit")
+        return self._mean.clone(), self._std.clone()
+
+    def train_features(self) -> torch.Tensor:
+        """(N, D) training features as trained on (anonymised; the real ones for cvae-online)."""
+        self.setup("fit")
+        source = self.real_train if self.hparams.anonymiser == "cvae-online" else self.splits["train"]
+        return torch.from_numpy(source.embeddings)
+
+    def example_ids(self, split: FeatureSplitName) -> list[str]:
+        """Ids of a split in index order (anonymised training rows keep the ids of the rows they replace)."""
+        self.setup("fit")
+        return list(self.splits[split].ids)
+
+    def membership_pool(self, split: FeatureSplitName) -> MembershipPool:
+        """A split's **real** features (membership concerns real records), for shadow models."""
+        self.setup("fit")
+        part = self.real_train if split == "train" else self.splits[split]
+        if split == "test" and self.hparams.sigma > 0:
+            raise ValueError("data.sigma > 0 adds noise to the test split; build membership pools with sigma: 0")
+        return MembershipPool(torch.from_numpy(part.embeddings.copy()), part.labels.copy(), list(part.ids))
+
+    # ---- loaders --------------------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        part = self.splits[split]
+        hp = self.hparams
+        return DataLoader(
+            _FeatureSet(part.embeddings, part.labels),
+            batch_size=hp.batch_size if shuffle else hp.eval_batch_size or hp.batch_size,
+            shuffle=shuffle,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training features; cvae-online: online_factor x |train| slots decoded per batch."""
+        if self.hparams.anonymiser == "cvae-online":
+            length = self.hparams.online_factor * len(self.real_train)
+            return DataLoader(_SlotSet(length), batch_size=self.hparams.batch_size, shuffle=False)
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.predict_split, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """cvae-online: decode fresh samples for the batch's slots on the batch's device.
+
+        The draws are seeded by (cvae_seed, epoch, first slot), so a resumed or repeated run sees the same
+        samples, and DDP ranks (which get different slots) see different ones.
+        """
+        if "features" in batch or self._decoder is None:
+            return batch
+        index = batch["index"]
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        seed = np.random.SeedSequence([self.hparams.cvae_seed, epoch, int(index[0])]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(seed))
+        labels = torch.multinomial(self._class_probs, len(index), replacement=True, generator=generator)
+        self._decoder.to(index.device)
+        features = self._decoder.sample(labels.to(index.device), std=self.hparams.variance, generator=generator)
+        return {"features": features, "label": labels.to(index.device), "index": index}
