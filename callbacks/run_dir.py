@@ -30,7 +30,7 @@ class RunDirectory(SaveConfigCallback):
 
     Writes ``config.yaml`` for a new fit, ``config.resume.N.yaml`` when a fit resumes and ``config.<stage>.yaml``
     for validate/test/predict, never replacing an earlier file; pushes the full resolved config to every W&B
-    logger; writes ``fit_summary.json`` after a completed fit and ``<stage>[-<tag>]/metrics.json`` after validate/test.
+    logger; writes ``fit_summary.json`` after a completed fit and ``<stage>/metrics.json`` after validate/test.
     """
 
     @property
@@ -90,8 +90,7 @@ class RunDirectory(SaveConfigCallback):
             "ckpt_path": self.config.get("ckpt_path"),
             "metrics": metrics_to_floats(trainer.callback_metrics),
         }
-        tag = self.config.run.get("tag")
-        write_json_atomic(self.run_dir / (f"{stage}-{tag}" if tag else stage) / "metrics.json", payload)
+        write_json_atomic(self.run_dir / stage / "metrics.json", payload)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """After `synthpriv validate`, write validate/metrics.json."""

@@ -68,7 +68,7 @@ class FeatureDataModule(LightningDataModule):
         cvae_seed: int = 42,
         variance: float = 1.0,
         online_factor: int = 10,
-        sigma: float = 0.0,
+        sigma: float | list[float] = 0.0,
         noise_seed: int = 0,
         predict_split: FeatureSplitName = "test",
         class_names: list[str] | None = None,
@@ -87,7 +87,8 @@ class FeatureDataModule(LightningDataModule):
             cvae_seed: seed of the CVAE samples (the original's --seed).
             variance: multiplier of the prior's standard deviation when sampling (the original's --variance).
             online_factor: cvae-online draws online_factor x |train| samples per epoch (the original: 10).
-            sigma: std of the Gaussian noise added to the z-scored test features (floats allowed; 0: none).
+            sigma: std of the Gaussian noise added to the z-scored test features (floats allowed; 0: none); a
+                list gives one test loader per value (the original re-tests one probe per sigma).
             noise_seed: seed of the test noise.
             predict_split: split that `predict` runs on.
             class_names: class names in label order; default those of root/manifest.json.
@@ -101,12 +102,16 @@ class FeatureDataModule(LightningDataModule):
             raise ValueError("data.anonymiser=ksame needs data.k (the k-Same cluster size)")
         if anonymiser in ("cvae", "cvae-online") and not cvae_checkpoint:
             raise ValueError(f"data.anonymiser={anonymiser} needs data.cvae_checkpoint (a FeatureCVAE checkpoint)")
-        for name, value in (("sigma", sigma), ("variance", variance)):
+        sigmas = [float(v) for v in (sigma if isinstance(sigma, list) else [sigma])]
+        if not sigmas or len(set(sigmas)) != len(sigmas):
+            raise ValueError(f"data.sigma: give one value or a list of distinct values; got {sigma}")
+        for name, value in [*(("sigma", v) for v in sigmas), ("variance", variance)]:
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"data.{name} must be a finite number >= 0; got {value}")
         if online_factor < 1:
             raise ValueError(f"data.online_factor must be at least 1; got {online_factor}")
         save_own_hyperparameters(self, ignore=["class_names"])
+        self.test_sigmas = sigmas
         self.root = Path(root)
         self._class_names = read_class_names(self.root, class_names)
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / "anonymised"
@@ -172,11 +177,13 @@ class FeatureDataModule(LightningDataModule):
         x = torch.from_numpy(basis.embeddings).double()
         self._mean, std = x.mean(0).float(), x.std(0, correction=0).float()
         self._std = torch.where(std > 0, std, torch.ones_like(std))
-        if hp.sigma > 0:
-            test = self.splits["test"]
-            noise = np.random.default_rng(hp.noise_seed).standard_normal(test.embeddings.shape)
-            noisy = test.embeddings + (hp.sigma * noise * self._std.numpy()).astype(np.float32)
-            self.splits["test"] = FeatureSplit(noisy.astype(np.float32), test.labels, test.ids)
+        # One noise draw, scaled per sigma: the noise levels differ only in size, as with a fixed seed.
+        test = self.splits["test"]
+        noise = np.random.default_rng(hp.noise_seed).standard_normal(test.embeddings.shape) * self._std.numpy()
+        self.noisy_tests = [
+            FeatureSplit((test.embeddings + s * noise).astype(np.float32), test.labels, test.ids)
+            for s in self.test_sigmas
+        ]
         if hp.anonymiser == "cvae-online":
             from lightning_modules.cvae import load_feature_cvae
 
@@ -205,13 +212,11 @@ class FeatureDataModule(LightningDataModule):
         """A split's **real** features (membership concerns real records), for shadow models."""
         self.setup("fit")
         part = self.real_train if split == "train" else self.splits[split]
-        if split == "test" and self.hparams.sigma > 0:
-            raise ValueError("data.sigma > 0 adds noise to the test split; build membership pools with sigma: 0")
         return MembershipPool(torch.from_numpy(part.embeddings.copy()), part.labels.copy(), list(part.ids))
 
     # ---- loaders --------------------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        part = self.splits[split]
+    def _loader(self, split: str, shuffle: bool, part: FeatureSplit | None = None) -> DataLoader:
+        part = part or self.splits[split]
         hp = self.hparams
         return DataLoader(
             _FeatureSet(part.embeddings, part.labels),
@@ -231,8 +236,10 @@ class FeatureDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test features plus N(0, sigma^2) noise in z-scored space: one loader per value of data.sigma."""
+        loaders = [self._loader("test", False, part) for part in self.noisy_tests]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.hparams.predict_split, shuffle=False)

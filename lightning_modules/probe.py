@@ -1,8 +1,7 @@
 """LinearProbe: the CVAE study's linear head on (anonymised) feature vectors (``seeds.md`` §4.5).
 
 One linear layer on z-scored features, cross-entropy, Adam (lr 1e-3, no weight decay), ReduceLROnPlateau on
-val/loss (patience 5, min lr 1e-5), early stopping on val/loss (patience 5) and the best checkpoint by val/loss
-(``configs/callbacks/best_val_loss.yaml``).
+val/loss (patience 5, min lr 1e-5), early stopping on val/loss (patience 5) and the best checkpoint by val/loss.
 The reported utility is the test macro one-vs-rest AUROC (x 100 in tables); accuracy is logged beside it.
 
 The z-scoring statistics are buffers of the network, taken from the data module's ``standardisation()`` when
@@ -18,11 +17,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
-from lightning.pytorch.callbacks import EarlyStopping
+from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
 from lightning_modules.networks import StandardisedLinear
+from lightning_modules.recipes import select_by_val_loss
 
 
 class LinearProbe(LightningModule):
@@ -58,6 +58,7 @@ class LinearProbe(LightningModule):
         if num_classes < 2:
             raise ValueError(f"model.num_classes must be at least 2; got {num_classes}")
         self.model = StandardisedLinear(feature_dim, num_classes)
+        self._own_callbacks: list[Any] = []
         self.register_buffer("standardised", torch.tensor(False))  # set once the statistics are fitted
         metrics = MetricCollection(
             {
@@ -66,23 +67,35 @@ class LinearProbe(LightningModule):
             }
         )
         self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self._metrics = metrics
+        self._test_sigmas = [0.0]
+        self.test_metrics = nn.ModuleList([metrics.clone(prefix="test/")])  # one per test loader (noise level)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) of raw features (B, D)."""
         return self.model(features)
 
-    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str, loader: int = 0) -> torch.Tensor:
         logits = self(batch["features"])
         loss = F.cross_entropy(logits, batch["label"])
         n = batch["label"].shape[0]
+        if stage == "test" and len(self.test_metrics) > 1:
+            stage = f"test/sigma{self._test_sigmas[loader]:g}"
+        step = stage == "train"
         self.log(
-            f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, sync_dist=True, batch_size=n
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            on_step=step,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=n,
+            add_dataloader_idx=False,
         )
         if stage != "train":
-            metrics = self.val_metrics if stage == "val" else self.test_metrics
+            metrics = self.val_metrics if stage == "val" else self.test_metrics[loader]
             metrics.update(logits.detach(), batch["label"])
-            self.log_dict(metrics, prog_bar=stage == "val", batch_size=n)
+            self.log_dict(metrics, prog_bar=stage == "val", batch_size=n, add_dataloader_idx=False)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -93,9 +106,10 @@ class LinearProbe(LightningModule):
         """val/loss (drives the schedule, early stopping and the best checkpoint), val/acc, val/auroc."""
         self._shared_step(batch, "val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """test/loss, test/acc and test/auroc (macro one-vs-rest) on the (possibly noisy) test features."""
-        self._shared_step(batch, "test")
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """test/loss, test/acc and test/auroc (macro one-vs-rest); with several noise levels
+        test/sigma<s>/loss, .../acc, .../auroc per level."""
+        self._shared_step(batch, "test", dataloader_idx)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Logits, probabilities and indices of the predict split."""
@@ -103,10 +117,17 @@ class LinearProbe(LightningModule):
         return {"logits": logits, "probs": logits.softmax(dim=1), "index": batch["index"]}
 
     def setup(self, stage: str) -> None:
-        """Fit the z-scoring from the data module's training statistics, once (a checkpoint keeps them)."""
+        """Fit the z-scoring from the data module's training statistics, once (a checkpoint keeps them);
+        for `test`, one metric set per noise level of the data module."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "test":
+            self._test_sigmas = list(getattr(datamodule, "test_sigmas", [0.0]))
+            several = len(self._test_sigmas) > 1
+            self.test_metrics = nn.ModuleList(
+                [self._metrics.clone(prefix=f"test/sigma{s:g}/" if several else "test/") for s in self._test_sigmas]
+            )
         if stage != "fit" or bool(self.standardised):
             return
-        datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "standardisation"):
             raise ValueError("LinearProbe trains on a FeatureDataModule (it provides the z-scoring statistics)")
         mean, std = datamodule.standardisation()
@@ -121,13 +142,11 @@ class LinearProbe(LightningModule):
                 raise ValueError(f"checkpoint has {key}={saved[key]} but the data give {key}={self.hparams[key]}")
 
     def configure_callbacks(self) -> list[Any]:
-        """The recipe's early stopping on val/loss.
-
-        The best-by-val/loss checkpoint comes from the config (``configs/callbacks/best_val_loss.yaml``): a
-        ModelCheckpoint returned here would replace the suite's own ``last.ckpt`` checkpoint.
-        """
-        patience = self.hparams.early_stopping_patience
-        return [EarlyStopping(monitor="val/loss", mode="min", patience=patience)] if patience > 0 else []
+        """Early stopping on val/loss and a best-by-val/loss checkpoint (the recipe's own; see recipes)."""
+        callbacks, self._own_callbacks = select_by_val_loss(
+            self.trainer, self.hparams.early_stopping_patience, self._own_callbacks
+        )
+        return callbacks
 
     def configure_optimizers(self) -> dict[str, Any]:
         """Adam with ReduceLROnPlateau on val/loss."""

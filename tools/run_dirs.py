@@ -26,15 +26,12 @@ class RunOptions:
         name: run name (second level); default the model class name in lower case.
         if_exists: what `fit` does when the run folder already holds a fit: 'error' stops with a message,
             'resume' continues from checkpoints/last.ckpt (or starts fresh when there is none yet).
-        tag: validate/test outputs go to ``<run>/<stage>-<tag>/`` instead of ``<run>/<stage>/`` (e.g. one test
-            per noise level of the same checkpoint).
     """
 
     root: str = "runs"
     study: str = "default"
     name: str | None = None
     if_exists: Literal["error", "resume"] = "error"
-    tag: str | None = None
 
 
 class RunExistsError(RuntimeError):
@@ -53,7 +50,7 @@ def is_primary_process() -> bool:
 def run_directory(options: RunOptions, default_name: str) -> Path:
     """``root/study/name`` after checking both names are plain folder names."""
     name = options.name or default_name
-    for label, value in (("run.study", options.study), ("run.name", name), ("run.tag", options.tag or "x")):
+    for label, value in (("run.study", options.study), ("run.name", name)):
         if not _SAFE_NAME.match(value):
             raise ValueError(f"{label} must be a plain folder name (letters, digits, '.', '_', '-'); got {value!r}")
     return Path(options.root) / options.study / name
