@@ -30,6 +30,7 @@ tools:
   run        run a study (ordered steps; finished steps are skipped)
   attack     membership inference (LiRA, baseline) from shadow logits and a target checkpoint or logits
   privacy-report   one accuracy / AUC_MIA / TPR@FPR / AOP table and ROC figure over attack folders
+  feature-report   the CVAE study's table: probe AUROC per noise level, distance audits, LiRA; plots
 
 Outputs go to runs/<study>/<name>/ (--run.study, --run.name).
 """

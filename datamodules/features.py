@@ -203,6 +203,16 @@ class FeatureDataModule(LightningDataModule):
         source = self.real_train if self.hparams.anonymiser == "cvae-online" else self.splits["train"]
         return torch.from_numpy(source.embeddings)
 
+    def audit_samples(self) -> np.ndarray:
+        """(N, D) anonymised training vectors for distance audits; cvae-online: one replica-sized fresh draw."""
+        self.setup("fit")
+        if self.hparams.anonymiser != "cvae-online":
+            return self.splits["train"].embeddings
+        from lightning_modules.cvae import cvae_replica
+
+        hp = self.hparams
+        return cvae_replica(self._decoder.cpu(), self.real_train.labels, seed=hp.cvae_seed, std=hp.variance)
+
     def example_ids(self, split: FeatureSplitName) -> list[str]:
         """Ids of a split in index order (anonymised training rows keep the ids of the rows they replace)."""
         self.setup("fit")

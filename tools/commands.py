@@ -9,6 +9,7 @@ from jsonargparse import auto_cli
 
 from tools.attack import run_attack
 from tools.bundled_data import materialise_dataset
+from tools.feature_report import feature_report
 from tools.privacy_report import privacy_report
 from tools.study import run_study
 
@@ -17,6 +18,7 @@ TOOLS: dict[str, Callable[..., Any]] = {
     "run": run_study,
     "attack": run_attack,
     "privacy-report": privacy_report,
+    "feature-report": feature_report,
 }
 
 
