@@ -83,7 +83,8 @@ class FeatureDataModule(LightningDataModule):
             root: folder with train.npz, val.npz, test.npz (embeddings, labels, ids) and manifest.json.
             anonymiser: identity, ksame, cvae (offline replica) or cvae-online (fresh samples every epoch).
             k: cluster size of k-Same (2 <= k <= number of training examples).
-            cvae_checkpoint: FeatureCVAE checkpoint for cvae / cvae-online.
+            cvae_checkpoint: FeatureCVAE checkpoint for cvae / cvae-online: a file, or the CVAE's run folder
+                (its best checkpoint).
             cvae_seed: seed of the CVAE samples (the original's --seed).
             variance: multiplier of the prior's standard deviation when sampling (the original's --variance).
             online_factor: cvae-online draws online_factor x |train| samples per epoch (the original: 10).
@@ -158,9 +159,20 @@ class FeatureDataModule(LightningDataModule):
         if hp.anonymiser == "ksame":
             return ksame_train(train, self._file("train"), hp.k, self.cache_dir, self.num_classes)
         if hp.anonymiser == "cvae":
-            checkpoint = Path(hp.cvae_checkpoint)
+            checkpoint = self._cvae_checkpoint()
             return cvae_train(train, checkpoint, hp.cvae_seed, hp.variance, self.cache_dir, self.num_classes)
         return train
+
+    def _cvae_checkpoint(self) -> Path:
+        from tools.target_logits import resolve_target_checkpoint
+
+        try:
+            return Path(resolve_target_checkpoint(self.hparams.cvae_checkpoint))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"data.cvae_checkpoint: {self.hparams.cvae_checkpoint} is neither a checkpoint file nor a run folder "
+                f"with checkpoints ({err}); train the CVAE first (synthpriv fit with FeatureCVAE)"
+            ) from err
 
     def setup(self, stage: str) -> None:
         """Read every split, anonymise the training set and fix the z-scoring statistics."""
@@ -187,7 +199,7 @@ class FeatureDataModule(LightningDataModule):
         if hp.anonymiser == "cvae-online":
             from lightning_modules.cvae import load_feature_cvae
 
-            self._decoder = load_feature_cvae(Path(hp.cvae_checkpoint), self.feature_dim, self.num_classes)
+            self._decoder = load_feature_cvae(self._cvae_checkpoint(), self.feature_dim, self.num_classes)
             counts = np.bincount(self.real_train.labels, minlength=self.num_classes)
             self._class_probs = torch.from_numpy(counts / counts.sum())
 
