@@ -79,7 +79,7 @@ class LinearProbe(LightningModule):
         logits = self(batch["features"])
         loss = F.cross_entropy(logits, batch["label"])
         n = batch["label"].shape[0]
-        if stage == "test" and len(self.test_metrics) > 1:
+        if stage == "test" and self._noise_named():
             stage = f"test/sigma{self._test_sigmas[loader]:g}"
         step = stage == "train"
         self.log(
@@ -107,8 +107,8 @@ class LinearProbe(LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """test/loss, test/acc and test/auroc (macro one-vs-rest); with several noise levels
-        test/sigma<s>/loss, .../acc, .../auroc per level."""
+        """test/loss, test/acc and test/auroc (macro one-vs-rest); with test noise (several levels, or one
+        sigma > 0) test/sigma<s>/loss, .../acc, .../auroc per level, so a noisy test never reads as sigma 0."""
         self._shared_step(batch, "test", dataloader_idx)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -122,9 +122,9 @@ class LinearProbe(LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "test":
             self._test_sigmas = list(getattr(datamodule, "test_sigmas", [0.0]))
-            several = len(self._test_sigmas) > 1
+            named = self._noise_named()
             self.test_metrics = nn.ModuleList(
-                [self._metrics.clone(prefix=f"test/sigma{s:g}/" if several else "test/") for s in self._test_sigmas]
+                [self._metrics.clone(prefix=f"test/sigma{s:g}/" if named else "test/") for s in self._test_sigmas]
             )
         if stage != "fit" or bool(self.standardised):
             return
@@ -134,9 +134,16 @@ class LinearProbe(LightningModule):
         self.model.set_statistics(mean.to(self.model.mean), std.to(self.model.std))
         self.standardised.fill_(True)
 
+    def _noise_named(self) -> bool:
+        """Plain test/ keys only for the clean test split alone; any noise level is named test/sigma<s>/."""
+        return self._test_sigmas != [0.0]
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint for another feature size or class count with a clear message."""
         saved = checkpoint.get("hyper_parameters", {})
+        weight = checkpoint.get("state_dict", {}).get("model.fc.weight")
+        if weight is not None:  # the weights' shape: load_from_checkpoint(feature_dim=..) overrides the hparams
+            saved = {"num_classes": int(weight.shape[0]), "feature_dim": int(weight.shape[1])}
         for key in ("feature_dim", "num_classes"):
             if key in saved and saved[key] != self.hparams[key]:
                 raise ValueError(f"checkpoint has {key}={saved[key]} but the data give {key}={self.hparams[key]}")

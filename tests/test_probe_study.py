@@ -1,0 +1,311 @@
+"""The CVAE study on features: LinearProbe through the CLI, linear shadow probes, LiRA, feature-report, audits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from cli_helpers import state_of
+from fixtures_features import make_feature_folder
+
+from cli import main
+from datamodules import FeatureDataModule
+from lightning_modules import LinearProbe
+from privacy.feature_audit import average_min_distance, dcr_share, nearest_distances
+from tools.target_logits import load_run_datamodule
+
+DIM, SIZES = 8, (60, 30, 30)
+TRAINER = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "logger": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny networks: more than one thread only adds contention on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _probe_config(path: Path, feats: Path, epochs: int = 40, **data: Any) -> Path:
+    return _write(
+        path,
+        {
+            "seed_everything": 1,
+            "trainer": {**TRAINER, "max_epochs": epochs},
+            "model": {"class_path": "LinearProbe", "init_args": {"lr": 0.05}},
+            "data": {"class_path": "FeatureDataModule", "init_args": {"root": str(feats), "batch_size": 16, **data}},
+        },
+    )
+
+
+def _run(root: Path, name: str) -> list[str]:
+    return ["--run.root", str(root / "runs"), "--run.name", name]
+
+
+def _metrics(run: Path) -> dict[str, float]:
+    return json.loads((run / "test" / "metrics.json").read_text())["metrics"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two probes (identity, k-Same k=2) fitted and tested, linear shadow probes, an attack on the identity probe."""
+    root = tmp_path_factory.mktemp("study")
+    feats = make_feature_folder(root / "feats", dim=DIM, sizes=SIZES)
+    out: dict[str, Any] = {"root": root, "feats": feats}
+    for name, data, single in (("probe", {}, "0"), ("probe-ksame", {"anonymiser": "ksame", "k": 2}, "0.5")):
+        config = _probe_config(root / f"{name}.yaml", feats, **data)
+        main(["fit", "--config", str(config), *_run(root, name)])
+        run = root / "runs" / "default" / name
+        main(["test", "--config", str(config), *_run(root, name), "--ckpt_path", "best", "--data.sigma", single])
+        out[f"{name}/single"] = _metrics(run)
+        main(["test", "--config", str(config), *_run(root, name), "--ckpt_path", "best", "--data.sigma", "[0,2]"])
+        out[name], out[f"{name}/config"] = run, config
+
+    shadows = _write(
+        root / "shadows.yaml",
+        {
+            "seed_everything": 1,
+            "trainer": {**TRAINER, "max_epochs": 20, "callbacks": [{"class_path": "ShadowLogitsWriter"}]},
+            "model": {
+                "class_path": "ShadowEnsemble",
+                "init_args": {
+                    "backbone": "linear",
+                    "group_size": 4,
+                    "lr": 0.05,
+                    "weight_decay": 0.0,
+                    "scheduler": "none",
+                },
+            },
+            "data": {
+                "class_path": "MembershipDataModule",
+                "init_args": {
+                    "source": {"class_path": "FeatureDataModule", "init_args": {"root": str(feats)}},
+                    "num_models": 4,
+                    "pool_splits": ["train", "val"],
+                    "target_split": "train",
+                    "batch_size": 16,
+                    "queries": "none",
+                },
+            },
+        },
+    )
+    main(["fit", "--config", str(shadows), *_run(root, "shadows")])
+    main(["predict", "--config", str(shadows), *_run(root, "shadows"), "--ckpt_path", "last"])
+    out["shadows"] = root / "runs" / "default" / "shadows"
+    out["attack"] = root / "attack"
+    main(["attack", str(out["shadows"] / "shadows.npz"), str(out["attack"]), "--target_checkpoint", str(out["probe"])])
+    return out
+
+
+def _report_config(path: Path, out: Path, entries: list[dict[str, Any]]) -> Path:
+    return _write(path, {"out": str(out), "title": "tiny", "entries": entries})
+
+
+# ---- LinearProbe through the CLI --------------------------------------------------------------------------
+def test_probe_learns_blobs_and_keeps_best_and_last_checkpoints(study: dict[str, Any]) -> None:
+    for name in ("probe", "probe-ksame"):
+        summary = json.loads((study[name] / "fit_summary.json").read_text())
+        assert summary["metrics"]["val/auroc"] > 0.95, summary
+        assert summary["monitor"] == "val/loss" and summary["best_checkpoint"].startswith("best-epoch")
+        ckpts = study[name] / "checkpoints"
+        assert (ckpts / summary["best_checkpoint"]).is_file() and (ckpts / "last.ckpt").is_file()
+        assert len(list(ckpts.glob("best-epoch*.ckpt"))) == 1
+
+
+def test_probe_checkpoint_stores_the_data_standardisation(study: dict[str, Any]) -> None:
+    for name, data in (("probe", {}), ("probe-ksame", {"anonymiser": "ksame", "k": 2})):
+        mean, std = FeatureDataModule(root=str(study["feats"]), **data).standardisation()
+        for ckpt in (study[name] / "checkpoints").glob("*.ckpt"):
+            state = state_of(ckpt)
+            assert torch.equal(state["model.mean"], mean) and torch.equal(state["model.std"], std), ckpt
+            assert bool(state["standardised"])
+    ksame_std = state_of(study["probe-ksame"] / "checkpoints" / "last.ckpt")["model.std"]
+    assert not torch.allclose(ksame_std, state_of(study["probe"] / "checkpoints" / "last.ckpt")["model.std"])
+    # The checkpoint takes raw features: its predictions match a by-hand z-scored linear layer.
+    probe = LinearProbe.load_from_checkpoint(study["probe"] / "checkpoints" / "last.ckpt", weights_only=True)
+    x = torch.from_numpy(np.load(study["feats"] / "test.npz")["embeddings"])
+    mean, std = FeatureDataModule(root=str(study["feats"])).standardisation()
+    expected = probe.model.fc((x - mean) / std)
+    assert torch.allclose(probe(x), expected, atol=1e-6)
+
+
+def test_probe_test_metrics_per_noise_level(study: dict[str, Any]) -> None:
+    metrics = _metrics(study["probe"])
+    for sigma in ("0", "2"):
+        assert 0 <= metrics[f"test/sigma{sigma}/auroc"] <= 1 and f"test/sigma{sigma}/acc" in metrics
+    assert not any(key in metrics for key in ("test/auroc", "test/acc"))
+    assert metrics["test/sigma0/auroc"] > 0.95
+    assert metrics["test/sigma2/auroc"] <= metrics["test/sigma0/auroc"]
+    single = study["probe/single"]
+    assert single["test/auroc"] == pytest.approx(metrics["test/sigma0/auroc"])
+    assert single["test/acc"] == pytest.approx(metrics["test/sigma0/acc"])
+    assert not any("sigma" in key for key in single)
+    # One noisy level is named after its sigma, so the report never reads it as the clean test.
+    noisy = study["probe-ksame/single"]
+    assert {"test/sigma0.5/auroc", "test/sigma0.5/acc", "test/sigma0.5/loss"} <= set(noisy)
+    assert not any(key.startswith(("test/auroc", "test/acc")) for key in noisy)
+    record = json.loads((study["probe"] / "test" / "metrics.json").read_text())
+    assert Path(record["ckpt_path"]).name.startswith("best-epoch")
+
+
+def test_probe_checkpoint_for_another_feature_dim(
+    study: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    narrow = make_feature_folder(Path("narrow"), dim=6, sizes=SIZES)
+    ckpt = str(study["probe"] / "checkpoints" / "last.ckpt")
+    config = _probe_config(Path("narrow.yaml"), narrow)
+    with pytest.raises(ValueError, match=r"checkpoint has feature_dim=8 but the data give feature_dim=6"):
+        main(["test", "--config", str(config), "--run.name", "narrow", "--ckpt_path", ckpt])
+    assert not Path("runs/default/narrow/test/metrics.json").exists()
+    with pytest.raises(ValueError, match=r"feature_dim=8 .* feature_dim=6"):
+        LinearProbe.load_from_checkpoint(ckpt, feature_dim=6, weights_only=True)
+
+
+# ---- shadow probes and the attack -------------------------------------------------------------------------
+def test_linear_shadows_standardise_with_their_own_members(study: dict[str, Any]) -> None:
+    run = study["shadows"]
+    with np.load(run / "shadows.npz", allow_pickle=False) as saved:
+        assert saved["logits"].shape == (4, SIZES[0] + SIZES[1], 1, 3)
+        assert saved["mask"].shape == (4, SIZES[0] + SIZES[1]) and (saved["mask"].sum(0) == 2).all()
+        assert np.isfinite(saved["logits"]).all()
+    datamodule = load_run_datamodule(run)
+    datamodule.setup("fit")
+    mean, std = datamodule.member_statistics()
+    assert mean.shape == std.shape == (4, DIM)
+    state = state_of(run / "checkpoints" / "last.ckpt")
+    assert torch.equal(state["stats.mean"], mean) and torch.equal(state["stats.std"], std)
+    assert not torch.allclose(mean[0], mean[1])  # each model its own members' statistics
+    members = (run / "membership" / "target_members.txt").read_text().split()
+    assert members == [str(i) for i in np.load(study["feats"] / "train.npz")["ids"]]
+
+
+def test_attack_on_the_probe_run(study: dict[str, Any]) -> None:
+    record = json.loads((study["attack"] / "metrics.json").read_text())
+    assert record["shadows"] == 4 and Path(record["target_checkpoint"]).name.startswith("best-epoch")
+    for attack in ("online", "offline", "global"):
+        metrics = record["metrics"][attack]
+        assert 0 <= metrics["auc"] <= 1
+        assert (metrics["members"], metrics["non_members"]) == (SIZES[0], SIZES[1])
+    with np.load(study["attack"] / "target_logits.npz", allow_pickle=False) as target:
+        assert target["logits"].shape == (SIZES[0] + SIZES[1], 1, 3)
+
+
+# ---- feature-report ---------------------------------------------------------------------------------------
+def test_feature_report(study: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    entries = [
+        {"label": "identity", "probe_run": str(study["probe"]), "attack_dir": str(study["attack"])},
+        {"label": "ksame k=2", "probe_run": str(study["probe-ksame"])},
+    ]
+    main(["feature-report", "--config", str(_report_config(Path("report.yaml"), Path("report"), entries))])
+    out = Path("report")
+    for name in ("auroc_vs_k.png", "auroc_vs_sigma.png", "auc_mia.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((out / "results.json").read_text())
+    assert results["sigmas"] == [0.0, 2.0]
+    identity, ksame = results["rows"]
+    metrics = _metrics(study["probe"])
+    for row in results["rows"]:
+        assert set(row["auroc_pct"]) == {"0.0", "2.0"}
+        assert 0 <= row["dcr"]["share"] <= 1 and row["train_size"] == SIZES[0]
+    assert identity["auroc_pct"]["2.0"] == pytest.approx(100 * metrics["test/sigma2/auroc"])
+    assert identity["anonymiser"] == "identity" and identity["k"] is None
+    assert identity["min_distance"] == pytest.approx(0.0, abs=1e-6)
+    assert identity["dcr"]["share"] == pytest.approx(1.0)  # every row is a training record
+    assert identity["lira"]["shadows"] == 4
+    assert ksame["anonymiser"] == "ksame" and ksame["k"] == 2 and ksame["lira"] is None
+    assert ksame["min_distance"] > 0
+    table = (out / "results.md").read_text()
+    assert "# tiny" in table and "| identity | 60 |" in table and "| ksame k=2 | 60 |" in table
+    assert "AUROC σ=0 | AUROC σ=2 |" in table
+
+
+def test_feature_report_names_a_single_noise_level(
+    study: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    noisy = Path("noisy")
+    shutil.copytree(study["probe-ksame"], noisy, ignore=shutil.ignore_patterns("test"))
+    (noisy / "test").mkdir()
+    (noisy / "test" / "metrics.json").write_text(json.dumps({"metrics": study["probe-ksame/single"]}))
+    entries = [{"label": "ksame sigma 0.5", "probe_run": str(noisy)}]
+    main(["feature-report", "--config", str(_report_config(Path("noisy.yaml"), Path("report"), entries))])
+    results = json.loads(Path("report/results.json").read_text())
+    assert results["sigmas"] == [0.5]
+    row = results["rows"][0]
+    assert row["auroc_pct"] == {"0.5": pytest.approx(100 * study["probe-ksame/single"]["test/sigma0.5/auroc"])}
+
+
+def test_feature_report_errors(study: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    twice = [{"label": "same", "probe_run": str(study["probe"])}] * 2
+    with pytest.raises(ValueError, match=r"labels must be unique; got \['same', 'same'\]"):
+        main(["feature-report", "--config", str(_report_config(Path("twice.yaml"), Path("r1"), twice))])
+    untested = Path("untested")
+    shutil.copytree(study["probe"], untested, ignore=shutil.ignore_patterns("test"))
+    entries = [{"label": "untested", "probe_run": str(untested)}]
+    with pytest.raises(FileNotFoundError, match=r"entry 'untested' test metrics: untested/test/metrics\.json"):
+        main(["feature-report", "--config", str(_report_config(Path("untested.yaml"), Path("r2"), entries))])
+    assert not Path("r1").exists() and not Path("r2").exists()
+
+
+# ---- distance audits --------------------------------------------------------------------------------------
+def test_nearest_distances_match_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    queries, references = rng.normal(size=(50, 5)), rng.normal(size=(80, 5))
+    brute = np.sqrt(((queries[:, None, :] - references[None]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(nearest_distances(queries, references), brute, rtol=1e-4, atol=1e-4)
+    assert nearest_distances(references, references) == pytest.approx(np.zeros(80), abs=1e-3)
+    with pytest.raises(ValueError, match=r"need \(M, D\) queries and \(N, D\) references"):
+        nearest_distances(queries, references[:, :4])
+    with pytest.raises(ValueError, match="at least one reference"):
+        nearest_distances(queries, references[:0])
+
+
+def test_average_min_distance() -> None:
+    rng = np.random.default_rng(1)
+    real = rng.normal(loc=5.0, scale=[1.0, 10.0, 0.1], size=(200, 3))
+    assert average_min_distance(real, real) == pytest.approx(0.0, abs=1e-6)
+    assert average_min_distance(real[::-1].copy(), real) == pytest.approx(0.0, abs=1e-6)
+    shifted = real + np.array([0.0, 10.0, 0.0])  # one real-space std along the second axis
+    assert average_min_distance(shifted, real) > average_min_distance(real + 0.1 * real.std(0), real) > 0
+    # The original's quirk z-scores each set with its own statistics: a shift disappears.
+    assert average_min_distance(shifted, real, own_statistics=True) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_dcr_share() -> None:
+    rng = np.random.default_rng(2)
+    train, holdout = rng.normal(size=(400, 4)), rng.normal(size=(400, 4))
+    assert dcr_share(train.copy(), train, holdout)["share"] == pytest.approx(1.0)  # copies of the whole subset
+    jittered = dcr_share(train + 0.01 * rng.normal(size=train.shape), train, holdout)
+    assert jittered["share"] > 0.9 and jittered["median_to_train"] < jittered["median_to_holdout"]
+    fresh = dcr_share(rng.normal(size=(300, 4)), train, holdout)
+    assert abs(fresh["share"] - 0.5) < 0.1 and fresh["reference_size"] == 400
+    # A smaller holdout: the training set is subsampled (seeded) to its size; copies of that subset are found.
+    small = holdout[:100]
+    pick = np.sort(np.random.default_rng(0).choice(len(train), len(small), replace=False))
+    assert dcr_share(train[pick], train, small)["share"] > 0.9
+    assert dcr_share(train[pick], train, small) == dcr_share(train[pick], train, small)
+    independent = dcr_share(rng.normal(size=(300, 4)), train, small)
+    assert abs(independent["share"] - 0.5) < 0.1
+    with pytest.raises(ValueError, match=r"holdout set \(401\) must not be larger than the training set \(400\)"):
+        dcr_share(train, train, np.concatenate([holdout, holdout[:1]]))
