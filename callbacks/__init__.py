@@ -1,8 +1,9 @@
 """Callbacks: run-folder bookkeeping, prediction writers, reports."""
 
+from callbacks.features import FeatureWriter
 from callbacks.predictions import PredictionWriter
 from callbacks.reports import TestReport
 from callbacks.run_dir import RunDirectory
 from callbacks.shadow_logits import ShadowLogitsWriter
 
-__all__ = ["PredictionWriter", "RunDirectory", "ShadowLogitsWriter", "TestReport"]
+__all__ = ["FeatureWriter", "PredictionWriter", "RunDirectory", "ShadowLogitsWriter", "TestReport"]

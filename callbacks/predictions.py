@@ -43,22 +43,19 @@ class PredictionWriter(BasePredictionWriter):
         batch_indices: Sequence[Any],
     ) -> None:
         """Write this rank's shard, then merge on rank zero."""
-        folder = self._folder(trainer)
-        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        if not batches:
+        loaders = per_loader(predictions)
+        if len(loaders) > 1:
+            raise ValueError(
+                f"{type(self).__name__} writes one split but predict ran {len(loaders)} loaders; set "
+                "data.predict_split to one split (FeatureWriter writes every split)"
+            )
+        if not loaders or not loaders[0]:
             return
-        if not isinstance(batches[0], dict) or "index" not in batches[0]:
-            raise ValueError("PredictionWriter needs predict_step to return a dict with an 'index' entry")
-        arrays = {
-            key: torch.cat([b[key].detach().cpu() for b in batches]).numpy()
-            for key, value in batches[0].items()
-            if isinstance(value, torch.Tensor)
-        }
-        shard = folder / f".{self.filename}.rank{trainer.global_rank}.npz"
-        write_bytes_atomic(shard, lambda handle: np.savez(handle, **arrays))
-        trainer.strategy.barrier()
-        if trainer.is_global_zero:
-            self._merge(trainer, folder, trainer.world_size)
+        folder = self._folder(trainer)
+        merged = merge_rank_shards(trainer, folder, self.filename, stack_outputs(loaders[0], type(self).__name__))
+        if merged is not None:
+            merged = self.finalise(trainer, folder, merged)
+            write_bytes_atomic(folder / self.filename, lambda handle: np.savez(handle, **merged))
         trainer.strategy.barrier()
 
     def finalise(self, trainer: Trainer, folder: Path, merged: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -68,23 +65,55 @@ class PredictionWriter(BasePredictionWriter):
             merged["ids"] = np.asarray([ids[i] for i in merged["index"]])
         return merged
 
-    def _merge(self, trainer: Trainer, folder: Path, world_size: int) -> None:
-        shards = [folder / f".{self.filename}.rank{r}.npz" for r in range(world_size)]
-        parts = []
-        for path in shards:
-            with np.load(path) as data:
-                parts.append({k: data[k] for k in data.files})
-        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        _, first = np.unique(merged["index"], return_index=True)
-        merged = {k: v[first] for k, v in merged.items()}  # sorted by index, duplicates dropped
-        merged = self.finalise(trainer, folder, merged)
-        write_bytes_atomic(folder / self.filename, lambda handle: np.savez(handle, **merged))
-        for path in shards:
-            path.unlink(missing_ok=True)
+
+def per_loader(predictions: Sequence[Any]) -> list[list[Any]]:
+    """Lightning's epoch predictions as one list of batch outputs per predict loader."""
+    if predictions and isinstance(predictions[0], list):
+        return [list(p) for p in predictions]  # several loaders
+    return [list(predictions)]
 
 
-def _example_ids(trainer: Trainer) -> list[str] | None:
+def stack_outputs(batches: Sequence[Any], writer: str) -> dict[str, np.ndarray]:
+    """Concatenate every tensor entry of predict_step's dict outputs (which must carry ``index``)."""
+    if not isinstance(batches[0], dict) or "index" not in batches[0]:
+        raise ValueError(f"{writer} needs predict_step to return a dict with an 'index' entry")
+    return {
+        key: torch.cat([b[key].detach().cpu() for b in batches]).numpy()
+        for key, value in batches[0].items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
+def merge_rank_shards(
+    trainer: Trainer, folder: Path, name: str, arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray] | None:
+    """Gather every rank's arrays: rank zero gets them in dataset-index order, other ranks None.
+
+    Each rank writes a hidden shard beside ``name``; after a barrier rank zero concatenates them, drops the
+    duplicates that DistributedSampler adds for even shards (same ``index``) and deletes the shards. The
+    caller writes its files and then calls ``trainer.strategy.barrier()`` so no rank runs ahead.
+    """
+    shard = folder / f".{name}.rank{trainer.global_rank}.npz"
+    write_bytes_atomic(shard, lambda handle: np.savez(handle, **arrays))
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return None
+    shards = [folder / f".{name}.rank{r}.npz" for r in range(trainer.world_size)]
+    parts = []
+    for path in shards:
+        with np.load(path) as data:
+            parts.append({k: data[k] for k in data.files})
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    _, first = np.unique(merged["index"], return_index=True)
+    for path in shards:
+        path.unlink(missing_ok=True)
+    return {k: v[first] for k, v in merged.items()}  # sorted by index, duplicates dropped
+
+
+def _example_ids(trainer: Trainer, loader: int = 0) -> list[str] | None:
+    """Ids of the split behind predict loader ``loader`` (data modules without ids: None)."""
     datamodule = trainer.datamodule
     if datamodule is None or not hasattr(datamodule, "example_ids"):
         return None
-    return datamodule.example_ids(datamodule.hparams.predict_split)
+    splits = getattr(datamodule, "predict_splits", None)
+    return datamodule.example_ids(splits[loader] if splits else datamodule.hparams.predict_split)

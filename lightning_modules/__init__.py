@@ -1,6 +1,9 @@
 """LightningModules, one per task; plain networks live in ``lightning_modules.networks``."""
 
 from lightning_modules.classifier import ImageClassifier
+from lightning_modules.cvae import FeatureCVAE
+from lightning_modules.features import FeatureExtractor
+from lightning_modules.probe import LinearProbe
 from lightning_modules.shadows import ShadowEnsemble
 
-__all__ = ["ImageClassifier", "ShadowEnsemble"]
+__all__ = ["FeatureCVAE", "FeatureExtractor", "ImageClassifier", "LinearProbe", "ShadowEnsemble"]
