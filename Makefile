@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/classifier_step.py
 	$(OFFLINE) $(PY) benchmarks/shadows.py --group-sizes 1,4,16
+	$(OFFLINE) $(PY) benchmarks/ksame.py
 
 clean-venv:
 	rm -rf $(VENV)
