@@ -78,13 +78,7 @@ def _trainer(max_epochs: int, callbacks: list[Callback], root: Path) -> Trainer:
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks: more than one thread only adds contention on a shared CPU (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from datamodules import FeatureDataModule
 DIM, SIZES = 8, (60, 30, 30)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks: more than one thread only adds contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _split(root: Path, split: str) -> dict[str, np.ndarray]:
