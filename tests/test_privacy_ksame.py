@@ -54,3 +54,14 @@ def test_bad_inputs() -> None:
         ksame_clusters(np.zeros(5), 2)
     with pytest.raises(ValueError, match="9 labels"):
         ksame(x, np.zeros(9), 2)
+
+
+@pytest.mark.parametrize(("n", "k"), [(300, 2), (301, 5), (250, 7)])
+def test_batched_updates_and_fallback_equal_the_dense_original(n: int, k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small _TOP/_PENDING force the lazy batched updates, the fallback and compaction on a few hundred points."""
+    import privacy.ksame as module
+
+    monkeypatch.setattr(module, "_TOP", 8)
+    monkeypatch.setattr(module, "_PENDING", 4)
+    x = np.random.default_rng(n + k).normal(size=(n, 6)).astype(np.float32)
+    assert np.array_equal(ksame_clusters(x, k, block=32), _dense_reference(x, k))
