@@ -212,8 +212,9 @@ class MembershipDataModule(LightningDataModule):
         if self.pool is None or self.pool.is_image:
             raise ValueError("member statistics exist for feature-vector pools after setup")
         x = self.pool.inputs.detach().cpu().double()
-        stats = [(x[torch.from_numpy(row)].mean(0), x[torch.from_numpy(row)].std(0, correction=0)) for row in self.mask]
-        return torch.stack([m for m, _ in stats]).float(), torch.stack([s for _, s in stats]).float()
+        members = [x[torch.from_numpy(row)] for row in self.mask]
+        mean = torch.stack([m.mean(0) for m in members]).float()
+        return mean, torch.stack([m.std(0, correction=0) for m in members]).float()
 
     def train_dataloader(self) -> DataLoader:
         """Step numbers of one epoch (the training step assembles the K member batches)."""

@@ -92,6 +92,9 @@ def _lira(entry: FeatureEntry) -> dict[str, float] | None:
     if entry.attack_dir is None:
         return None
     record = _read_json(Path(entry.attack_dir) / "metrics.json", f"entry {entry.label!r} attack_dir")
+    if entry.attack not in record.get("metrics", {}):
+        found = sorted(record.get("metrics", {}))
+        raise ValueError(f"entry {entry.label!r}: {entry.attack_dir} has no {entry.attack!r} attack (has {found})")
     metrics = record["metrics"][entry.attack]
     return {
         "auc_mia_pct": 100 * metrics["auc"],
