@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,10 @@ def test_unique_path_without_suffix_and_folders(tmp_path: Path) -> None:
     file = tmp_path / "archive.tar.gz"
     file.write_bytes(b"")
     assert unique_path(file) == tmp_path / "archive.tar.1.gz"
+
+
+def test_atomic_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path) -> None:
+    written = write_text_atomic(tmp_path / "results.md", "x")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert os.stat(written).st_mode & 0o777 == os.stat(plain).st_mode & 0o777

@@ -65,8 +65,19 @@ def test_report_errors(tmp_path: Path) -> None:
         _report(tmp_path, [{"label": "x", "attack_dir": str(leaky)}] * 2)
     bad = tmp_path / "bad_metrics.json"
     bad.write_text(json.dumps({"metrics": {"val/acc": 0.5}}))
-    with pytest.raises(ValueError, match="no 'test/acc'"):
+    with pytest.raises(ValueError, match=r"no 'test/acc'.*accuracy_key"):
         _report(tmp_path, [{"label": "x", "attack_dir": str(leaky), "test_metrics": str(bad)}])
+
+
+def test_report_accuracy_key_reads_a_noise_level(tmp_path: Path) -> None:
+    """Probes tested at several noise levels log test/sigma<s>/acc and no plain test/acc."""
+    leaky = _attack(tmp_path, "leaky", 2.0)
+    metrics = tmp_path / "probe_metrics.json"
+    metrics.write_text(json.dumps({"metrics": {"test/sigma0/acc": 0.75, "test/sigma5/acc": 0.4}}))
+    entry = {"label": "probe", "attack_dir": str(leaky), "test_metrics": str(metrics)}
+    _report(tmp_path, [{**entry, "accuracy_key": "test/sigma0/acc"}])
+    row = json.loads((tmp_path / "r" / "report.json").read_text())["rows"][0]
+    assert row["accuracy_pct"] == pytest.approx(75.0)
 
 
 def test_quickstart_shadows_copy_the_teacher_recipe_and_data() -> None:

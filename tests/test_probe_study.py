@@ -303,3 +303,28 @@ def test_dcr_share() -> None:
     assert abs(independent["share"] - 0.5) < 0.1
     with pytest.raises(ValueError, match=r"holdout set \(401\) must not be larger than the training set \(400\)"):
         dcr_share(train, train, np.concatenate([holdout, holdout[:1]]))
+
+
+def test_cvae_study_steps_and_reports_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every probe of the real study is tested, attacked and reported; a renamed run would leave a hole."""
+    from tools.study import load_study
+
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(repo)
+    _, steps = load_study(Path("configs/cvae/study.yaml"))
+    fits = {s.args["run.name"]: s.args for s in steps if s.command == "fit" and s.name.startswith("probe-")}
+    tests = {s.args["run.name"]: s.args for s in steps if s.command == "test"}
+    assert set(fits) == set(tests) and len(fits) == 7
+    for run, args in fits.items():  # the test step rebuilds the fit's anonymised data
+        data_args = {k: v for k, v in args.items() if k.startswith("data.")}
+        assert {k: v for k, v in tests[run].items() if k.startswith("data.") and k != "data.sigma"} == data_args
+        assert tests[run]["data.sigma"] == [0, 1, 2, 5]
+    attacks = {}
+    for step in (s for s in steps if s.command == "attack"):
+        config = yaml.safe_load(Path(step.configs[0]).read_text())
+        attacks[config["out"]] = Path(config["target_checkpoint"]).name
+    assert sorted(attacks.values()) == sorted(fits)
+    report = yaml.safe_load(Path("configs/cvae/report.yaml").read_text())
+    assert {(e["attack_dir"], Path(e["probe_run"]).name) for e in report["entries"]} == set(attacks.items())
+    privacy = yaml.safe_load(Path("configs/cvae/privacy_report.yaml").read_text())
+    assert {e["attack_dir"] for e in privacy["entries"]} == set(attacks)

@@ -33,7 +33,8 @@ class ReportEntry:
         attack_dir: folder written by `synthpriv attack`.
         attack: which attack's figures fill the row.
         accuracy: the target's test accuracy as a fraction; default read from test_metrics.
-        test_metrics: metrics.json holding 'test/acc'; default ``<target run>/test/metrics.json``.
+        test_metrics: metrics.json holding the accuracy; default ``<target run>/test/metrics.json``.
+        accuracy_key: its key; a probe tested at several noise levels logs 'test/sigma0/acc'.
     """
 
     label: str
@@ -41,6 +42,7 @@ class ReportEntry:
     attack: AttackName = "online"
     accuracy: float | None = None
     test_metrics: str | None = None
+    accuracy_key: str = "test/acc"
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -60,9 +62,10 @@ def _accuracy(entry: ReportEntry, record: dict[str, Any]) -> float | None:
         return None
     metrics = _read_json(Path(path), f"entry {entry.label!r} test_metrics")
     flat = metrics.get("metrics", metrics)
-    if "test/acc" not in flat:
-        raise ValueError(f"entry {entry.label!r}: {path} has no 'test/acc' (keys {sorted(flat)[:8]})")
-    return float(flat["test/acc"])
+    key = entry.accuracy_key
+    if key not in flat:
+        raise ValueError(f"entry {entry.label!r}: {path} has no {key!r} (keys {sorted(flat)[:8]}); set accuracy_key")
+    return float(flat[key])
 
 
 def _row(entry: ReportEntry) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
