@@ -9,7 +9,9 @@ Anonymisers (``seeds.md`` §4): ``identity``; ``ksame`` (k-Same of the training 
 replica sampled once from a FeatureCVAE checkpoint, seeded); ``cvae-online`` (``online_factor`` x |train| fresh
 samples every epoch, decoded on the model's device; the labels follow the real class frequencies). Validation
 and test features are always real. Test noise ``sigma`` is N(0, sigma^2) in the z-scored space, as the original
-adds it after z-scoring.
+adds it after z-scoring. That space is each probe's own: anonymised sets spread less than the real one (k-Same
+centroids at k = 20 keep about 0.73 of its std), so the same sigma is less raw noise for them. ``equal_noise``
+adds loaders whose noise is sigma x the real training std, the same raw noise for every anonymiser.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class FeatureDataModule(LightningDataModule):
         online_factor: int = 10,
         sigma: float | list[float] = 0.0,
         noise_seed: int = 0,
+        equal_noise: bool = False,
         predict_split: FeatureSplitName = "test",
         class_names: list[str] | None = None,
         cache_dir: str | None = None,
@@ -91,6 +94,9 @@ class FeatureDataModule(LightningDataModule):
             sigma: std of the Gaussian noise added to the z-scored test features (floats allowed; 0: none); a
                 list gives one test loader per value (the original re-tests one probe per sigma).
             noise_seed: seed of the test noise.
+            equal_noise: also test every sigma > 0 with noise of sigma x the **real** training set's std (metric
+                keys test/real_sigma<s>/...), the same raw noise whatever the anonymiser; sigma alone is in the
+                probe's own z-scored space, as the original.
             predict_split: split that `predict` runs on.
             class_names: class names in label order; default those of root/manifest.json.
             cache_dir: where anonymised training sets are cached; default root/anonymised.
@@ -113,6 +119,10 @@ class FeatureDataModule(LightningDataModule):
             raise ValueError(f"data.online_factor must be at least 1; got {online_factor}")
         save_own_hyperparameters(self, ignore=["class_names"])
         self.test_sigmas = sigmas
+        # One test loader per name: the original's per-probe noise, then equal raw noise (sigma 0 is shared).
+        self.test_loader_names = [f"sigma{v:g}" for v in sigmas]
+        if equal_noise:
+            self.test_loader_names += [f"real_sigma{v:g}" for v in sigmas if v > 0]
         self.root = Path(root)
         self._class_names = read_class_names(self.root, class_names)
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / "anonymised"
@@ -189,12 +199,14 @@ class FeatureDataModule(LightningDataModule):
         x = torch.from_numpy(basis.embeddings).double()
         self._mean, std = x.mean(0).float(), x.std(0, correction=0).float()
         self._std = torch.where(std > 0, std, torch.ones_like(std))
-        # One noise draw, scaled per sigma: the noise levels differ only in size, as with a fixed seed.
+        # One noise draw, scaled per loader: the noise levels differ only in size, as with a fixed seed.
         test = self.splits["test"]
-        noise = np.random.default_rng(hp.noise_seed).standard_normal(test.embeddings.shape) * self._std.numpy()
+        draw = np.random.default_rng(hp.noise_seed).standard_normal(test.embeddings.shape)
+        real_std = self.real_train.embeddings.std(0, dtype=np.float64)
+        scales = [s * self._std.numpy() for s in self.test_sigmas]
+        scales += [s * np.where(real_std > 0, real_std, 1.0) for s in self.test_sigmas if s > 0 and hp.equal_noise]
         self.noisy_tests = [
-            FeatureSplit((test.embeddings + s * noise).astype(np.float32), test.labels, test.ids)
-            for s in self.test_sigmas
+            FeatureSplit((test.embeddings + draw * scale).astype(np.float32), test.labels, test.ids) for scale in scales
         ]
         if hp.anonymiser == "cvae-online":
             from lightning_modules.cvae import load_feature_cvae
@@ -259,7 +271,7 @@ class FeatureDataModule(LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The test features plus N(0, sigma^2) noise in z-scored space: one loader per value of data.sigma."""
+        """The test features plus N(0, sigma^2) noise in z-scored space: one loader per test_loader_names."""
         loaders = [self._loader("test", False, part) for part in self.noisy_tests]
         return loaders[0] if len(loaders) == 1 else loaders
 

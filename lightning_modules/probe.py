@@ -68,7 +68,7 @@ class LinearProbe(LightningModule):
         )
         self.val_metrics = metrics.clone(prefix="val/")
         self._metrics = metrics
-        self._test_sigmas = [0.0]
+        self._test_names = ["sigma0"]
         self.test_metrics = nn.ModuleList([metrics.clone(prefix="test/")])  # one per test loader (noise level)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -80,7 +80,7 @@ class LinearProbe(LightningModule):
         loss = F.cross_entropy(logits, batch["label"])
         n = batch["label"].shape[0]
         if stage == "test" and self._noise_named():
-            stage = f"test/sigma{self._test_sigmas[loader]:g}"
+            stage = f"test/{self._test_names[loader]}"
         step = stage == "train"
         self.log(
             f"{stage}/loss",
@@ -108,7 +108,8 @@ class LinearProbe(LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         """test/loss, test/acc and test/auroc (macro one-vs-rest); with test noise (several levels, or one
-        sigma > 0) test/sigma<s>/loss, .../acc, .../auroc per level, so a noisy test never reads as sigma 0."""
+        sigma > 0) test/sigma<s>/loss, .../acc, .../auroc per level, so a noisy test never reads as sigma 0;
+        data.equal_noise adds test/real_sigma<s>/... (noise scaled by the real training std)."""
         self._shared_step(batch, "test", dataloader_idx)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -121,10 +122,10 @@ class LinearProbe(LightningModule):
         for `test`, one metric set per noise level of the data module."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "test":
-            self._test_sigmas = list(getattr(datamodule, "test_sigmas", [0.0]))
+            self._test_names = list(getattr(datamodule, "test_loader_names", ["sigma0"]))
             named = self._noise_named()
             self.test_metrics = nn.ModuleList(
-                [self._metrics.clone(prefix=f"test/sigma{s:g}/" if named else "test/") for s in self._test_sigmas]
+                [self._metrics.clone(prefix=f"test/{name}/" if named else "test/") for name in self._test_names]
             )
         if stage != "fit" or bool(self.standardised):
             return
@@ -136,7 +137,7 @@ class LinearProbe(LightningModule):
 
     def _noise_named(self) -> bool:
         """Plain test/ keys only for the clean test split alone; any noise level is named test/sigma<s>/."""
-        return self._test_sigmas != [0.0]
+        return self._test_names != ["sigma0"]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint for another feature size or class count with a clear message."""

@@ -151,6 +151,24 @@ def test_sigma_list_gives_one_scaled_noise_draw_per_loader(tmp_path: Path, monke
     np.testing.assert_array_equal(_features(loader), noisy[1])
 
 
+def test_equal_noise_scales_the_same_draw_by_the_real_std(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """k-Same shrinks the spread, so its own-scale sigma is less raw noise; equal_noise uses the real std."""
+    monkeypatch.chdir(tmp_path)
+    make_feature_folder(Path("feats"), dim=DIM, sizes=(60, 30, 300))
+    dm = FeatureDataModule(root="feats", anonymiser="ksame", k=4, sigma=[0, 2], noise_seed=3, equal_noise=True)
+    dm.setup("test")
+    assert dm.test_loader_names == ["sigma0", "sigma2", "real_sigma2"]  # sigma 0 is not repeated
+    clean = _split(Path("feats"), "test")["embeddings"]
+    _, own, real = (_features(loader) - clean for loader in dm.test_dataloader())
+    _, probe_std = dm.standardisation()
+    real_std = _split(Path("feats"), "train")["embeddings"].astype(np.float64).std(0)
+    np.testing.assert_allclose(own / probe_std.numpy(), real / real_std, rtol=1e-3, atol=1e-3)  # one draw
+    assert (probe_std.numpy() < real_std).all()  # centroids of 4 spread less
+    assert (real / real_std).std() == pytest.approx(2.0, rel=0.05)
+    plain = FeatureDataModule(root="feats", anonymiser="ksame", k=4, sigma=[0, 2], noise_seed=3)
+    assert plain.test_loader_names == ["sigma0", "sigma2"]
+
+
 # ---- membership pool --------------------------------------------------------------------------------------
 def test_membership_pool_holds_real_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -70,7 +70,10 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         run = root / "runs" / "default" / name
         main(["test", "--config", str(config), *_run(root, name), "--ckpt_path", "best", "--data.sigma", single])
         out[f"{name}/single"] = _metrics(run)
-        main(["test", "--config", str(config), *_run(root, name), "--ckpt_path", "best", "--data.sigma", "[0,2]"])
+        equal = ["--data.equal_noise", "true"] if name == "probe-ksame" else []
+        main(
+            ["test", "--config", str(config), *_run(root, name), "--ckpt_path", "best", "--data.sigma", "[0,2]", *equal]
+        )
         out[name], out[f"{name}/config"] = run, config
 
     shadows = _write(
@@ -158,6 +161,11 @@ def test_probe_test_metrics_per_noise_level(study: dict[str, Any]) -> None:
     assert not any(key.startswith(("test/auroc", "test/acc")) for key in noisy)
     record = json.loads((study["probe"] / "test" / "metrics.json").read_text())
     assert Path(record["ckpt_path"]).name.startswith("best-epoch")
+    # data.equal_noise adds the same sigmas scaled by the real training std (k-Same's own std is smaller).
+    ksame = _metrics(study["probe-ksame"])
+    assert {"test/sigma2/auroc", "test/real_sigma2/auroc", "test/real_sigma2/acc"} <= set(ksame)
+    assert "test/real_sigma0/auroc" not in ksame
+    assert ksame["test/real_sigma2/auroc"] <= ksame["test/sigma2/auroc"] + 0.02
 
 
 def test_probe_checkpoint_for_another_feature_dim(
@@ -223,14 +231,22 @@ def test_feature_report(study: dict[str, Any], tmp_path: Path, monkeypatch: pyte
         assert 0 <= row["dcr"]["share"] <= 1 and row["train_size"] == SIZES[0]
     assert identity["auroc_pct"]["2.0"] == pytest.approx(100 * metrics["test/sigma2/auroc"])
     assert identity["anonymiser"] == "identity" and identity["k"] is None
-    assert identity["min_distance"] == pytest.approx(0.0, abs=1e-6)
+    assert identity["min_distance"] == 0.0  # exact: faiss's neighbour, distance recomputed in float64
     assert identity["dcr"]["share"] == pytest.approx(1.0)  # every row is a training record
+    assert identity["dcr"]["baseline"] == pytest.approx(SIZES[0] / sum(SIZES))  # holdout = val + test
     assert identity["lira"]["shadows"] == 4
     assert ksame["anonymiser"] == "ksame" and ksame["k"] == 2 and ksame["lira"] is None
     assert ksame["min_distance"] > 0
     table = (out / "results.md").read_text()
     assert "# tiny" in table and "| identity | 60 |" in table and "| ksame k=2 | 60 |" in table
-    assert "AUROC σ=0 | AUROC σ=2 |" in table
+    assert "AUROC σ=0 | AUROC σ=2 |" in table and "50.0 % = no copying" in table
+    # Robustness at equal raw noise: only the k-Same probe was tested with data.equal_noise.
+    assert identity["auroc_real_pct"] == {} and identity["noise_scale"] == pytest.approx(1.0, rel=1e-5)
+    assert set(ksame["auroc_real_pct"]) == {"0.0", "2.0"} and ksame["noise_scale"] < 1.0
+    real = _metrics(study["probe-ksame"])["test/real_sigma2/auroc"]
+    assert ksame["auroc_real_pct"]["2.0"] == pytest.approx(100 * real)
+    assert "## Robustness to test noise at equal raw noise" in table
+    assert f"| ksame k=2 | {ksame['noise_scale']:.3f} |" in table
 
 
 def test_feature_report_names_a_single_noise_level(
@@ -268,7 +284,10 @@ def test_nearest_distances_match_brute_force() -> None:
     queries, references = rng.normal(size=(50, 5)), rng.normal(size=(80, 5))
     brute = np.sqrt(((queries[:, None, :] - references[None]) ** 2).sum(-1)).min(1)
     np.testing.assert_allclose(nearest_distances(queries, references), brute, rtol=1e-4, atol=1e-4)
-    assert nearest_distances(references, references) == pytest.approx(np.zeros(80), abs=1e-3)
+    np.testing.assert_array_equal(nearest_distances(references, references), np.zeros(80))
+    # Wide, large-norm vectors: faiss's Gram-form float32 distance of a copy is far from 0; ours is exact.
+    wide = 30.0 + rng.normal(size=(200, 1280))
+    np.testing.assert_array_equal(nearest_distances(wide[::-1].copy(), wide), np.zeros(200))
     with pytest.raises(ValueError, match=r"need \(M, D\) queries and \(N, D\) references"):
         nearest_distances(queries, references[:, :4])
     with pytest.raises(ValueError, match="at least one reference"):
@@ -289,20 +308,20 @@ def test_average_min_distance() -> None:
 def test_dcr_share() -> None:
     rng = np.random.default_rng(2)
     train, holdout = rng.normal(size=(400, 4)), rng.normal(size=(400, 4))
-    assert dcr_share(train.copy(), train, holdout)["share"] == pytest.approx(1.0)  # copies of the whole subset
+    copies = dcr_share(train.copy(), train, holdout)
+    assert copies["share"] == pytest.approx(1.0) and copies["excess"] == pytest.approx(1.0)
     jittered = dcr_share(train + 0.01 * rng.normal(size=train.shape), train, holdout)
     assert jittered["share"] > 0.9 and jittered["median_to_train"] < jittered["median_to_holdout"]
-    fresh = dcr_share(rng.normal(size=(300, 4)), train, holdout)
-    assert abs(fresh["share"] - 0.5) < 0.1 and fresh["reference_size"] == 400
-    # A smaller holdout: the training set is subsampled (seeded) to its size; copies of that subset are found.
+    fresh = dcr_share(rng.normal(size=(600, 4)), train, holdout)
+    assert fresh["baseline"] == 0.5 and abs(fresh["share"] - 0.5) < 0.07 and abs(fresh["excess"]) < 0.14
+    # Unequal sizes: the no-copying baseline moves to |train| / (|train| + |holdout|); copies of *any*
+    # training record still score 100 % (a subsampled training set would miss most of them).
     small = holdout[:100]
-    pick = np.sort(np.random.default_rng(0).choice(len(train), len(small), replace=False))
-    assert dcr_share(train[pick], train, small)["share"] > 0.9
-    assert dcr_share(train[pick], train, small) == dcr_share(train[pick], train, small)
-    independent = dcr_share(rng.normal(size=(300, 4)), train, small)
-    assert abs(independent["share"] - 0.5) < 0.1
-    with pytest.raises(ValueError, match=r"holdout set \(401\) must not be larger than the training set \(400\)"):
-        dcr_share(train, train, np.concatenate([holdout, holdout[:1]]))
+    assert dcr_share(train[::3].copy(), train, small)["share"] == pytest.approx(1.0)
+    independent = dcr_share(rng.normal(size=(2000, 4)), train, small)
+    assert independent["baseline"] == pytest.approx(0.8) and abs(independent["share"] - 0.8) < 0.04
+    with pytest.raises(ValueError, match="needs training and holdout records; got 400 and 0"):
+        dcr_share(train, train, holdout[:0])
 
 
 def test_cvae_study_steps_and_reports_agree(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -317,8 +336,9 @@ def test_cvae_study_steps_and_reports_agree(monkeypatch: pytest.MonkeyPatch) -> 
     assert set(fits) == set(tests) and len(fits) == 7
     for run, args in fits.items():  # the test step rebuilds the fit's anonymised data
         data_args = {k: v for k, v in args.items() if k.startswith("data.")}
-        assert {k: v for k, v in tests[run].items() if k.startswith("data.") and k != "data.sigma"} == data_args
-        assert tests[run]["data.sigma"] == [0, 1, 2, 5]
+        test_only = ("data.sigma", "data.equal_noise")
+        assert {k: v for k, v in tests[run].items() if k.startswith("data.") and k not in test_only} == data_args
+        assert tests[run]["data.sigma"] == [0, 1, 2, 5] and tests[run]["data.equal_noise"] is True
     attacks = {}
     for step in (s for s in steps if s.command == "attack"):
         config = yaml.safe_load(Path(step.configs[0]).read_text())

@@ -51,20 +51,26 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _test_metrics(entry: FeatureEntry) -> dict[float, dict[str, float]]:
-    """{sigma: {'auroc': .., 'acc': ..}} from the probe's test/metrics.json (one or several noise levels)."""
+def _test_metrics(entry: FeatureEntry) -> tuple[dict[float, dict[str, float]], dict[float, dict[str, float]]]:
+    """{sigma: {'auroc': .., 'acc': ..}} from the probe's test/metrics.json: the noise levels in the probe's
+    own z-scored space (test/sigma<s>/ or plain test/), and those of data.equal_noise (test/real_sigma<s>/)."""
     path = Path(entry.probe_run) / "test" / "metrics.json"
     flat = _read_json(path, f"entry {entry.label!r} test metrics").get("metrics", {})
     levels: dict[float, dict[str, float]] = {}
+    real: dict[float, dict[str, float]] = {}
     for key, value in flat.items():
         parts = key.split("/")
         if len(parts) == 2 and parts[0] == "test":
             levels.setdefault(0.0, {})[parts[1]] = value
         elif len(parts) == 3 and parts[1].startswith("sigma"):
             levels.setdefault(float(parts[1][5:]), {})[parts[2]] = value
-    if not levels or not all("auroc" in m for m in levels.values()):
+        elif len(parts) == 3 and parts[1].startswith("real_sigma"):
+            real.setdefault(float(parts[1][10:]), {})[parts[2]] = value
+    if not levels or not all("auroc" in m for m in [*levels.values(), *real.values()]):
         raise ValueError(f"entry {entry.label!r}: {path} holds no test/auroc (keys {sorted(flat)[:6]})")
-    return levels
+    if real and 0.0 in levels:
+        real[0.0] = levels[0.0]  # no noise is the same test at either scale
+    return levels, real
 
 
 def _audits(entry: FeatureEntry) -> dict[str, Any]:
@@ -77,7 +83,8 @@ def _audits(entry: FeatureEntry) -> dict[str, Any]:
     real = datamodule.real_train.embeddings
     anonymised = datamodule.audit_samples()
     holdout = np.concatenate([datamodule.splits["val"].embeddings, datamodule.splits["test"].embeddings])
-    holdout = holdout[: len(real)]
+    _, probe_std = datamodule.standardisation()
+    real_std = real.std(0, dtype=np.float64)
     return {
         "anonymiser": hp.anonymiser,
         "k": hp.k if hp.anonymiser == "ksame" else None,
@@ -85,6 +92,8 @@ def _audits(entry: FeatureEntry) -> dict[str, Any]:
         "min_distance": average_min_distance(anonymised, real),
         "min_distance_original_quirk": average_min_distance(anonymised, real, own_statistics=True),
         "dcr": dcr_share(anonymised, real, holdout),
+        # How much raw noise one unit of the probe's sigma is, relative to the real scale (root mean square).
+        "noise_scale": float(np.sqrt((probe_std.double().numpy() ** 2).sum() / (real_std**2).sum())),
     }
 
 
@@ -130,9 +139,46 @@ def markdown_table(rows: list[dict[str, Any]], sigmas: list[float], title: str) 
         "AUROC: test macro one-vs-rest AUROC x 100 of the linear probe, with N(0, σ²) noise on the z-scored test "
         "features. min-dist: mean distance of each anonymised training vector to its nearest real one (real "
         "training statistics z-scoring). DCR share: anonymised vectors nearer a real training record than any "
-        "holdout record (50 % = no copying). LiRA: online attack on the probe with shadow probes on real features.",
+        f"real holdout (val + test) record; {_dcr_baseline(rows)} = no copying (the training records' share of "
+        "all real records), 100 % = copies. LiRA: online attack on the probe with shadow probes on real features.",
     ]
+    real_sigmas = sorted({v for r in rows for v in r["auroc_real_pct"] if v > 0})
+    if real_sigmas and len(sigmas) > 1:
+        top = max(sigmas)
+        real_cols = " | ".join(f"AUROC σ={v:g}" for v in real_sigmas)
+        lines += [
+            "",
+            "## Robustness to test noise at equal raw noise",
+            "",
+            f"| anonymiser | noise scale | drop σ={top:g} (own scale) | {real_cols} | drop σ={max(real_sigmas):g} |",
+            "|---|---|---|" + "---|" * len(real_sigmas) + "---|",
+        ]
+        for r in rows:
+            own, equal = r["auroc_pct"], r["auroc_real_pct"]
+            lines.append(
+                f"| {r['label']} | {_fmt(r['noise_scale'], 3)} | {_fmt(_drop(own, top))} | "
+                + " | ".join(_fmt(equal.get(v)) for v in real_sigmas)
+                + f" | {_fmt(_drop(equal, max(real_sigmas)))} |"
+            )
+        lines += [
+            "",
+            "The original adds N(0, σ²) in each probe's own z-scored space, i.e. σ x the std of the set it trained "
+            "on; noise scale: that std relative to the real training set's (root mean square over features), so "
+            "σ is that much less raw noise for spread-reducing anonymisers. The other columns add σ x the real "
+            "training std to every probe (data.equal_noise); drop: AUROC at σ=0 minus AUROC at that σ.",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _drop(auroc: dict[float, float], sigma: float) -> float | None:
+    if 0.0 not in auroc or sigma not in auroc:
+        return None
+    return auroc[0.0] - auroc[sigma]
+
+
+def _dcr_baseline(rows: list[dict[str, Any]]) -> str:
+    baselines = sorted({round(100 * r["dcr"]["baseline"], 1) for r in rows})
+    return " / ".join(f"{b:.1f} %" for b in baselines) if baselines else "–"
 
 
 def _plot(rows: list[dict[str, Any]], sigmas: list[float], out_dir: Path, title: str) -> None:
@@ -147,11 +193,17 @@ def _plot(rows: list[dict[str, Any]], sigmas: list[float], out_dir: Path, title:
     ax.legend(fontsize=7)
     _save(fig, out_dir / "auroc_vs_k.png")
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for r in rows:
-        ax.plot(sigmas, [r["auroc_pct"].get(s, np.nan) for s in sigmas], "o-", label=r["label"])
-    ax.set(xlabel="test noise σ (z-scored space)", ylabel="test AUROC x 100", title=f"{title}: AUROC vs σ")
-    ax.legend(fontsize=7)
+    scales = [("auroc_pct", "test noise σ (probe's z-scored space)")]
+    if any(len(r["auroc_real_pct"]) > 1 for r in rows):
+        scales.append(("auroc_real_pct", "test noise σ x real training std"))
+    fig, axes = plt.subplots(1, len(scales), figsize=(5 * len(scales), 3.5), squeeze=False, sharey=True)
+    for ax, (key, xlabel) in zip(axes[0], scales):
+        for r in rows:
+            levels = sorted(r[key])
+            ax.plot(levels, [r[key][v] for v in levels], "o-", label=r["label"])
+        ax.set(xlabel=xlabel, ylabel="test AUROC x 100")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: AUROC vs σ", fontsize=9)
     _save(fig, out_dir / "auroc_vs_sigma.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -188,9 +240,10 @@ def feature_report(
         raise ValueError(f"feature-report: entry labels must be unique; got {labels}")
     rows = []
     for entry in entries:
-        levels = _test_metrics(entry)
+        levels, real_levels = _test_metrics(entry)
         row = {"label": entry.label, **_audits(entry), "lira": _lira(entry), "probe_run": entry.probe_run}
         row["auroc_pct"] = {s: 100 * m["auroc"] for s, m in levels.items()}
+        row["auroc_real_pct"] = {s: 100 * m["auroc"] for s, m in real_levels.items()}
         row["acc_pct"] = 100 * levels[min(levels)].get("acc", np.nan)
         rows.append(row)
     sigmas = sorted({s for r in rows for s in r["auroc_pct"]})
@@ -212,11 +265,20 @@ def _log_wandb(
 
     mode = os.environ.get("WANDB_MODE", "offline")
     run = wandb.init(project=project, name=title, dir=str(out_dir), job_type="feature-report", mode=mode)
-    columns = ["anonymiser", *[f"auroc_sigma{s:g}" for s in sigmas], "min_distance", "dcr_share", "auc_mia_pct"]
+    real_sigmas = sorted({v for r in rows for v in r["auroc_real_pct"] if v > 0})
+    columns = [
+        "anonymiser",
+        *[f"auroc_sigma{s:g}" for s in sigmas],
+        *[f"auroc_real_sigma{s:g}" for s in real_sigmas],
+        "min_distance",
+        "dcr_share",
+        "auc_mia_pct",
+    ]
     data = [
         [
             r["label"],
             *[r["auroc_pct"].get(s) for s in sigmas],
+            *[r["auroc_real_pct"].get(s) for s in real_sigmas],
             r["min_distance"],
             r["dcr"]["share"],
             (r["lira"] or {}).get("auc_mia_pct"),
