@@ -28,6 +28,7 @@ from datamodules.anonymised import cvae_train, ksame_train
 from datamodules.feature_files import FeatureSplit, read_class_names, read_feature_folder
 from datamodules.hparams import save_own_hyperparameters
 from datamodules.pool import MembershipPool
+from privacy.ksame import ksame
 
 Anonymiser = Literal["identity", "ksame", "cvae", "cvae-online"]
 FeatureSplitName = Literal["train", "val", "test"]
@@ -236,6 +237,25 @@ class FeatureDataModule(LightningDataModule):
 
         hp = self.hparams
         return cvae_replica(self._decoder.cpu(), self.real_train.labels, seed=hp.cvae_seed, std=hp.variance)
+
+    def anonymise_members(self, features: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """A shadow model's member features through this module's anonymiser, for anonymiser-aware shadows
+        (MembershipDataModule.anonymise_members): identity leaves them; ksame gives their k-Same centroids
+        (dropping the last N mod k, as for the target). The CVAE anonymisers would need a CVAE trained on each
+        shadow's members, which is not built: they are refused."""
+        hp = self.hparams
+        if hp.anonymiser == "identity":
+            return features, labels
+        if hp.anonymiser != "ksame":
+            raise ValueError(
+                f"data.source.anonymiser={hp.anonymiser}: anonymiser-aware shadows would need a CVAE trained on every "
+                "shadow model's members, which synthpriv does not do; use identity or ksame, or shadows on real "
+                "features (data.anonymise_members: false)"
+            )
+        if not 2 <= hp.k <= len(labels):
+            raise ValueError(f"data.source.k={hp.k}: a shadow model has {len(labels)} members; k-Same needs k <= that")
+        centroids, kept = ksame(features.detach().cpu().numpy(), labels, hp.k)
+        return torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32)), kept
 
     def example_ids(self, split: FeatureSplitName) -> list[str]:
         """Ids of a split in index order (anonymised training rows keep the ids of the rows they replace)."""

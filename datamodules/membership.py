@@ -64,6 +64,7 @@ class MembershipDataModule(LightningDataModule):
         queries: QueryAugment = "mirror",
         query_batch_size: int = 256,
         num_workers: int = 0,
+        anonymise_members: bool = False,
     ) -> None:
         """Fix the design (the pool itself is read in ``setup``).
 
@@ -82,6 +83,10 @@ class MembershipDataModule(LightningDataModule):
             queries: query views per example: 'none' (1), 'mirror' (2) or 'mirror_shifts' (18).
             query_batch_size: examples per predict batch.
             num_workers: predict loader workers.
+            anonymise_members: train every shadow on its members passed through the source's anonymiser
+                (``source.anonymise_members``; FeatureDataModule: identity or k-Same), mirroring a target trained
+                on anonymised data; the shadows are still queried on the real pool. Off: shadows train on the
+                real examples.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["source"])
@@ -95,6 +100,10 @@ class MembershipDataModule(LightningDataModule):
             )
         if construction == "tckr" and challenge_size < 1:
             raise ValueError(f"data.challenge_size must be positive; got {challenge_size}")
+        if anonymise_members and not hasattr(source, "anonymise_members"):
+            raise ValueError(
+                f"data.anonymise_members: {type(source).__name__} has no anonymiser to pass the members through"
+            )
         if not hasattr(source, "membership_pool"):
             raise ValueError(
                 f"data.source: {type(source).__name__} cannot provide an in-memory pool (no membership_pool method)"
@@ -110,6 +119,8 @@ class MembershipDataModule(LightningDataModule):
         self.target_members: list[str] = []
         self.target_non_members: list[str] = []
         self._orders: dict[int, np.ndarray] = {}
+        self._train_pool: MembershipPool | None = None  # what the shadows train on (anonymised or the pool)
+        self._train_members: list[np.ndarray] | None = None  # per model: its positions in _train_pool
 
     @property
     def num_classes(self) -> int:
@@ -177,19 +188,40 @@ class MembershipDataModule(LightningDataModule):
             )
 
     # ---- training: every model its own member batches -------------------------------------------------
+    def _training_sets(self) -> tuple[MembershipPool, list[np.ndarray]]:
+        """The examples the shadows train on and each model's positions in them (built on first use, so
+        querying never pays for the anonymisation)."""
+        if self._train_members is None:
+            if not self.hparams.anonymise_members:
+                self._train_pool, self._train_members = self.pool, [np.flatnonzero(row) for row in self.mask]
+            else:
+                if self.pool.is_image:
+                    raise ValueError("data.anonymise_members works on feature-vector pools, not images")
+                parts, members, start = [], [], 0
+                for k, row in enumerate(self.mask):
+                    positions = np.flatnonzero(row)
+                    inputs, labels = self.source.anonymise_members(
+                        self.pool.inputs[positions], self.pool.labels[positions]
+                    )
+                    parts.append(MembershipPool(inputs, labels, [f"shadow{k}/{i}" for i in range(len(labels))]))
+                    members.append(np.arange(start, start + len(labels)))
+                    start += len(labels)
+                self._train_pool, self._train_members = MembershipPool.concat(parts), members
+        return self._train_pool, self._train_members
+
     @property
     def steps_per_epoch(self) -> int:
         """Steps of one epoch: the mean member count per model over the batch size, rounded up."""
-        return max(1, math.ceil(self.mask.sum(axis=1).mean() / self.hparams.batch_size))
+        _, members = self._training_sets()
+        return max(1, math.ceil(np.mean([len(m) for m in members]) / self.hparams.batch_size))
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """(K, steps * B) pool positions: each model's members shuffled, wrapping round when it has fewer."""
         if epoch not in self._orders:
             hp, length = self.hparams, self.steps_per_epoch * self.hparams.batch_size
             order = np.empty((hp.num_models, length), dtype=np.int64)
-            for k in range(hp.num_models):
+            for k, members in enumerate(self._training_sets()[1]):
                 rng = np.random.default_rng([hp.shuffle_seed, epoch, k])
-                members = np.flatnonzero(self.mask[k])
                 reps = math.ceil(length / len(members))
                 order[k] = np.concatenate([rng.permutation(members) for _ in range(reps)])[:length]
             self._orders = {epoch: order}  # one epoch cached at a time
@@ -197,22 +229,25 @@ class MembershipDataModule(LightningDataModule):
 
     def train_batch(self, epoch: int, step: int, device: torch.device) -> dict[str, torch.Tensor]:
         """(K, B, ...) inputs and (K, B) labels of ``step`` in ``epoch``, augmented like the source."""
-        if self.pool.inputs.device != device:
-            self.pool.inputs = self.pool.inputs.to(device)
+        pool, _ = self._training_sets()
+        if pool.inputs.device != device:
+            pool.inputs = pool.inputs.to(device)
         b = self.hparams.batch_size
         positions = torch.from_numpy(self.epoch_order(epoch)[:, step * b : (step + 1) * b])
         seed = np.random.SeedSequence([self.hparams.shuffle_seed, epoch, step]).generate_state(1)[0]
         generator = torch.Generator().manual_seed(int(seed))
-        inputs = self.pool.training_inputs(positions, generator)
-        labels = torch.from_numpy(self.pool.labels[positions.numpy()]).to(device)
+        inputs = pool.training_inputs(positions, generator)
+        labels = torch.from_numpy(pool.labels[positions.numpy()]).to(device)
         return {"image": inputs, "label": labels}
 
     def member_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, D) mean and standard deviation (ddof 0) of each model's member features (feature pools only)."""
+        """(K, D) mean and standard deviation (ddof 0) of the features each model trains on (feature pools
+        only; with anonymise_members, those of its anonymised members, as the target probe z-scores)."""
         if self.pool is None or self.pool.is_image:
             raise ValueError("member statistics exist for feature-vector pools after setup")
-        x = self.pool.inputs.detach().cpu().double()
-        members = [x[torch.from_numpy(row)] for row in self.mask]
+        pool, positions = self._training_sets()
+        x = pool.inputs.detach().cpu().double()
+        members = [x[torch.from_numpy(row)] for row in positions]
         mean = torch.stack([m.mean(0) for m in members]).float()
         return mean, torch.stack([m.std(0, correction=0) for m in members]).float()
 

@@ -294,3 +294,25 @@ def test_nested_source_keeps_its_own_hyperparameters(data_root: Path, tmp_path: 
     # Built directly (no CLI) the source records its arguments too.
     direct = ImageFolderDataModule(train_roots=str(data_root / "train"), check_images=False, image_size=16)
     assert direct.hparams["check_images"] is False
+
+
+def test_anonymise_members_errors(data_root: Path, tmp_path: Path) -> None:
+    from fixtures_features import make_feature_folder
+
+    from datamodules import FeatureDataModule
+
+    with pytest.raises(ValueError, match=r"data\.anonymise_members: _FeatureSource has no anonymiser"):
+        MembershipDataModule(_FeatureSource(10), num_models=K, anonymise_members=True)
+    source = _source(data_root)
+    source.anonymise_members = lambda x, y: (x, y)  # even an image source that could: the pool holds images
+    images = MembershipDataModule(source, num_models=K, anonymise_members=True)
+    images.setup("fit")
+    with pytest.raises(ValueError, match="feature-vector pools, not images"):
+        images.train_batch(0, 0, torch.device("cpu"))
+    feats = make_feature_folder(tmp_path / "feats", sizes=(20, 10, 10))
+    cvae = FeatureDataModule(root=str(feats), anonymiser="cvae", cvae_checkpoint=str(tmp_path / "none.ckpt"))
+    with pytest.raises(ValueError, match="anonymiser=cvae: anonymiser-aware shadows would need a CVAE"):
+        cvae.anonymise_members(torch.zeros(4, 8), np.zeros(4, dtype=np.int64))
+    ksame = FeatureDataModule(root=str(feats), anonymiser="ksame", k=5)
+    with pytest.raises(ValueError, match=r"data\.source\.k=5: a shadow model has 4 members"):
+        ksame.anonymise_members(torch.zeros(4, 8), np.zeros(4, dtype=np.int64))

@@ -200,6 +200,50 @@ def test_linear_shadows_standardise_with_their_own_members(study: dict[str, Any]
     assert members == [str(i) for i in np.load(study["feats"] / "train.npz")["ids"]]
 
 
+def test_anonymiser_aware_shadows_train_on_their_members_k_same(study: dict[str, Any]) -> None:
+    """data.anonymise_members: each shadow trains on the k-Same centroids of its own members, as the k-Same
+    probe did on its training set, and is queried on the real pool like the real-feature shadows."""
+    from privacy.ksame import ksame
+
+    root = study["root"]
+    aware = [
+        "--data.init_args.source.init_args.anonymiser",
+        "ksame",
+        "--data.init_args.source.init_args.k",
+        "2",
+        "--data.init_args.anonymise_members",
+        "true",
+    ]
+    config = str(root / "shadows.yaml")
+    main(["fit", "--config", config, *_run(root, "shadows-ksame"), *aware])
+    main(["predict", "--config", config, *_run(root, "shadows-ksame"), *aware, "--ckpt_path", "last"])
+    run = root / "runs" / "default" / "shadows-ksame"
+    datamodule = load_run_datamodule(run)
+    datamodule.setup("fit")
+    pool, mask = datamodule.pool, datamodule.mask
+    centroids, labels = ksame(pool.inputs[np.flatnonzero(mask[1])].numpy(), pool.labels[mask[1]], 2)
+    order = datamodule.epoch_order(0)[1]
+    trained = datamodule.train_batch(0, 0, torch.device("cpu"))
+    positions = datamodule._training_sets()[1][1]
+    assert set(order) == set(positions) and len(positions) == len(labels)
+    np.testing.assert_array_equal(datamodule._training_sets()[0].inputs[positions].numpy(), centroids)
+    np.testing.assert_array_equal(trained["label"][1].numpy(), datamodule._training_sets()[0].labels[order[:16]])
+    mean, std = datamodule.member_statistics()
+    np.testing.assert_allclose(mean[1].numpy(), centroids.astype(np.float64).mean(0), rtol=1e-5, atol=1e-6)
+    state = state_of(run / "checkpoints" / "last.ckpt")
+    assert torch.equal(state["stats.std"], std)
+    with (
+        np.load(run / "shadows.npz", allow_pickle=False) as aware_file,
+        np.load(study["shadows"] / "shadows.npz", allow_pickle=False) as real_file,
+    ):
+        assert list(aware_file["ids"]) == list(real_file["ids"])  # queried on the same real pool
+        np.testing.assert_array_equal(aware_file["mask"], real_file["mask"])
+        assert not np.allclose(aware_file["logits"], real_file["logits"])
+    out = root / "attack-ksame-aware"
+    main(["attack", str(run / "shadows.npz"), str(out), "--target_checkpoint", str(study["probe-ksame"])])
+    assert 0 <= json.loads((out / "metrics.json").read_text())["metrics"]["online"]["auc"] <= 1
+
+
 def test_attack_on_the_probe_run(study: dict[str, Any]) -> None:
     record = json.loads((study["attack"] / "metrics.json").read_text())
     assert record["shadows"] == 4 and Path(record["target_checkpoint"]).name.startswith("best-epoch")
