@@ -109,6 +109,14 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out["shadows"] = root / "runs" / "default" / "shadows"
     out["attack"] = root / "attack"
     main(["attack", str(out["shadows"] / "shadows.npz"), str(out["attack"]), "--target_checkpoint", str(out["probe"])])
+    # Anonymiser-aware shadows for the k-Same probe: every shadow trains on its members' k-Same centroids.
+    aware = ["--data.init_args.source.init_args.anonymiser", "ksame", "--data.init_args.source.init_args.k", "2"]
+    aware += ["--data.init_args.anonymise_members", "true"]
+    main(["fit", "--config", str(shadows), *_run(root, "shadows-ksame"), *aware])
+    main(["predict", "--config", str(shadows), *_run(root, "shadows-ksame"), *aware, "--ckpt_path", "last"])
+    out["shadows-ksame"], out["attack-ksame-aware"] = root / "runs" / "default" / "shadows-ksame", root / "aware"
+    target = ["--target_checkpoint", str(out["probe-ksame"])]
+    main(["attack", str(out["shadows-ksame"] / "shadows.npz"), str(out["attack-ksame-aware"]), *target])
     return out
 
 
@@ -205,19 +213,7 @@ def test_anonymiser_aware_shadows_train_on_their_members_k_same(study: dict[str,
     probe did on its training set, and is queried on the real pool like the real-feature shadows."""
     from privacy.ksame import ksame
 
-    root = study["root"]
-    aware = [
-        "--data.init_args.source.init_args.anonymiser",
-        "ksame",
-        "--data.init_args.source.init_args.k",
-        "2",
-        "--data.init_args.anonymise_members",
-        "true",
-    ]
-    config = str(root / "shadows.yaml")
-    main(["fit", "--config", config, *_run(root, "shadows-ksame"), *aware])
-    main(["predict", "--config", config, *_run(root, "shadows-ksame"), *aware, "--ckpt_path", "last"])
-    run = root / "runs" / "default" / "shadows-ksame"
+    run = study["shadows-ksame"]
     datamodule = load_run_datamodule(run)
     datamodule.setup("fit")
     pool, mask = datamodule.pool, datamodule.mask
@@ -239,9 +235,8 @@ def test_anonymiser_aware_shadows_train_on_their_members_k_same(study: dict[str,
         assert list(aware_file["ids"]) == list(real_file["ids"])  # queried on the same real pool
         np.testing.assert_array_equal(aware_file["mask"], real_file["mask"])
         assert not np.allclose(aware_file["logits"], real_file["logits"])
-    out = root / "attack-ksame-aware"
-    main(["attack", str(run / "shadows.npz"), str(out), "--target_checkpoint", str(study["probe-ksame"])])
-    assert 0 <= json.loads((out / "metrics.json").read_text())["metrics"]["online"]["auc"] <= 1
+    record = json.loads((study["attack-ksame-aware"] / "metrics.json").read_text())
+    assert 0 <= record["metrics"]["online"]["auc"] <= 1 and record["shadows"] == 4
 
 
 def test_attack_on_the_probe_run(study: dict[str, Any]) -> None:
@@ -260,7 +255,11 @@ def test_feature_report(study: dict[str, Any], tmp_path: Path, monkeypatch: pyte
     monkeypatch.chdir(tmp_path)
     entries = [
         {"label": "identity", "probe_run": str(study["probe"]), "attack_dir": str(study["attack"])},
-        {"label": "ksame k=2", "probe_run": str(study["probe-ksame"])},
+        {
+            "label": "ksame k=2",
+            "probe_run": str(study["probe-ksame"]),
+            "aware_attack_dir": str(study["attack-ksame-aware"]),
+        },
     ]
     main(["feature-report", "--config", str(_report_config(Path("report.yaml"), Path("report"), entries))])
     out = Path("report")
@@ -280,6 +279,8 @@ def test_feature_report(study: dict[str, Any], tmp_path: Path, monkeypatch: pyte
     assert identity["dcr"]["baseline"] == pytest.approx(SIZES[0] / sum(SIZES))  # holdout = val + test
     assert identity["lira"]["shadows"] == 4
     assert ksame["anonymiser"] == "ksame" and ksame["k"] == 2 and ksame["lira"] is None
+    aware = json.loads((study["attack-ksame-aware"] / "metrics.json").read_text())["metrics"]["online"]
+    assert identity["lira_aware"] is None and ksame["lira_aware"]["auc_mia_pct"] == pytest.approx(100 * aware["auc"])
     assert ksame["min_distance"] > 0
     table = (out / "results.md").read_text()
     assert "# tiny" in table and "| identity | 60 |" in table and "| ksame k=2 | 60 |" in table
@@ -290,6 +291,8 @@ def test_feature_report(study: dict[str, Any], tmp_path: Path, monkeypatch: pyte
     real = _metrics(study["probe-ksame"])["test/real_sigma2/auroc"]
     assert ksame["auroc_real_pct"]["2.0"] == pytest.approx(100 * real)
     assert "## Robustness to test noise at equal raw noise" in table
+    assert "## Membership inference: shadows on real vs anonymised members" in table
+    assert f"| ksame k=2 | – | – | {100 * aware['auc']:.2f} |" in table
     assert f"| ksame k=2 | {ksame['noise_scale']:.3f} |" in table
 
 
@@ -383,12 +386,18 @@ def test_cvae_study_steps_and_reports_agree(monkeypatch: pytest.MonkeyPatch) -> 
         test_only = ("data.sigma", "data.equal_noise")
         assert {k: v for k, v in tests[run].items() if k.startswith("data.") and k not in test_only} == data_args
         assert tests[run]["data.sigma"] == [0, 1, 2, 5] and tests[run]["data.equal_noise"] is True
-    attacks = {}
+    attacks, aware = {}, {}
     for step in (s for s in steps if s.command == "attack"):
         config = yaml.safe_load(Path(step.configs[0]).read_text())
-        attacks[config["out"]] = Path(config["target_checkpoint"]).name
+        target = Path(config["target_checkpoint"]).name
+        (aware if config["out"].endswith("-aware") else attacks)[config["out"]] = target
     assert sorted(attacks.values()) == sorted(fits)
+    assert sorted(aware.values()) == sorted(run for run in fits if "ksame" in run)
     report = yaml.safe_load(Path("configs/cvae/report.yaml").read_text())
     assert {(e["attack_dir"], Path(e["probe_run"]).name) for e in report["entries"]} == set(attacks.items())
+    reported_aware = {
+        (e["aware_attack_dir"], Path(e["probe_run"]).name) for e in report["entries"] if "aware_attack_dir" in e
+    }
+    assert reported_aware == set(aware.items())
     privacy = yaml.safe_load(Path("configs/cvae/privacy_report.yaml").read_text())
-    assert {e["attack_dir"] for e in privacy["entries"]} == set(attacks)
+    assert {e["attack_dir"] for e in privacy["entries"]} == set(attacks) | set(aware)

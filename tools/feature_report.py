@@ -37,12 +37,15 @@ class FeatureEntry:
         probe_run: run folder of the probe's fit and test (holds config.yaml and test/metrics.json).
         attack_dir: folder written by `synthpriv attack` against this probe (optional).
         attack: which attack fills the LiRA columns.
+        aware_attack_dir: the same attack with anonymiser-aware shadows (trained on anonymised members,
+            data.anonymise_members), optional.
     """
 
     label: str
     probe_run: str
     attack_dir: str | None = None
     attack: Literal["online", "offline", "global"] = "online"
+    aware_attack_dir: str | None = None
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -97,13 +100,13 @@ def _audits(entry: FeatureEntry) -> dict[str, Any]:
     }
 
 
-def _lira(entry: FeatureEntry) -> dict[str, float] | None:
-    if entry.attack_dir is None:
+def _lira(entry: FeatureEntry, folder: str | None) -> dict[str, float] | None:
+    if folder is None:
         return None
-    record = _read_json(Path(entry.attack_dir) / "metrics.json", f"entry {entry.label!r} attack_dir")
+    record = _read_json(Path(folder) / "metrics.json", f"entry {entry.label!r} attack folder")
     if entry.attack not in record.get("metrics", {}):
         found = sorted(record.get("metrics", {}))
-        raise ValueError(f"entry {entry.label!r}: {entry.attack_dir} has no {entry.attack!r} attack (has {found})")
+        raise ValueError(f"entry {entry.label!r}: {folder} has no {entry.attack!r} attack (has {found})")
     metrics = record["metrics"][entry.attack]
     return {
         "auc_mia_pct": 100 * metrics["auc"],
@@ -142,6 +145,26 @@ def markdown_table(rows: list[dict[str, Any]], sigmas: list[float], title: str) 
         f"real holdout (val + test) record; {_dcr_baseline(rows)} = no copying (the training records' share of "
         "all real records), 100 % = copies. LiRA: online attack on the probe with shadow probes on real features.",
     ]
+    if any(r["lira_aware"] for r in rows):
+        lines += [
+            "",
+            "## Membership inference: shadows on real vs anonymised members",
+            "",
+            "| anonymiser | AUC_MIA % (real) | TPR@1%FPR % (real) | AUC_MIA % (aware) | TPR@1%FPR % (aware) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in rows:
+            real, aware = r["lira"] or {}, r["lira_aware"] or {}
+            lines.append(
+                f"| {r['label']} | {_fmt(real.get('auc_mia_pct'))} | {_fmt(real.get('tpr_at_1pct_fpr_pct'))} | "
+                f"{_fmt(aware.get('auc_mia_pct'))} | {_fmt(aware.get('tpr_at_1pct_fpr_pct'))} |"
+            )
+        lines += [
+            "",
+            "real: shadow probes trained on real features (an attacker who ignores the anonymiser); aware: each "
+            "shadow trained on its members passed through the target's anonymiser (data.anonymise_members). Both "
+            "query every model with the real features.",
+        ]
     real_sigmas = sorted({v for r in rows for v in r["auroc_real_pct"] if v > 0})
     if real_sigmas and len(sigmas) > 1:
         top = max(sigmas)
@@ -208,7 +231,13 @@ def _plot(rows: list[dict[str, Any]], sigmas: list[float], out_dir: Path, title:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     values = [(r["lira"] or {}).get("auc_mia_pct", np.nan) for r in rows]
-    ax.bar(range(len(rows)), values, color="C3")
+    aware = [(r["lira_aware"] or {}).get("auc_mia_pct", np.nan) for r in rows]
+    if np.isnan(aware).all():
+        ax.bar(range(len(rows)), values, color="C3")
+    else:
+        ax.bar(np.arange(len(rows)) - 0.2, values, width=0.4, color="C3", label="shadows on real features")
+        ax.bar(np.arange(len(rows)) + 0.2, aware, width=0.4, color="C0", label="anonymiser-aware shadows")
+        ax.legend(fontsize=7)
     ax.axhline(50, color="k", linewidth=0.8, linestyle=":")
     ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=45, ha="right", fontsize=7)
     ax.set(ylabel="LiRA AUC_MIA %", title=f"{title}: membership inference")
@@ -241,7 +270,8 @@ def feature_report(
     rows = []
     for entry in entries:
         levels, real_levels = _test_metrics(entry)
-        row = {"label": entry.label, **_audits(entry), "lira": _lira(entry), "probe_run": entry.probe_run}
+        row = {"label": entry.label, **_audits(entry), "probe_run": entry.probe_run}
+        row["lira"], row["lira_aware"] = _lira(entry, entry.attack_dir), _lira(entry, entry.aware_attack_dir)
         row["auroc_pct"] = {s: 100 * m["auroc"] for s, m in levels.items()}
         row["auroc_real_pct"] = {s: 100 * m["auroc"] for s, m in real_levels.items()}
         row["acc_pct"] = 100 * levels[min(levels)].get("acc", np.nan)
@@ -273,6 +303,7 @@ def _log_wandb(
         "min_distance",
         "dcr_share",
         "auc_mia_pct",
+        "auc_mia_aware_pct",
     ]
     data = [
         [
@@ -282,6 +313,7 @@ def _log_wandb(
             r["min_distance"],
             r["dcr"]["share"],
             (r["lira"] or {}).get("auc_mia_pct"),
+            (r["lira_aware"] or {}).get("auc_mia_pct"),
         ]
         for r in rows
     ]
