@@ -144,7 +144,8 @@ class ShadowEnsemble(LightningModule):
         if wanted is not None:
             if self.num_models == 0:
                 self.configure_models(wanted)
-                self._standardise_each_model(datamodule)
+                if stage == "fit":  # elsewhere the checkpoint brings them (anonymised members cost k-Same runs)
+                    self._standardise_each_model(datamodule)
             elif wanted != self.num_models:
                 raise ValueError(
                     f"the checkpoint holds {self.num_models} shadow models but data.num_models is {wanted}"
