@@ -59,6 +59,13 @@ class _SlotSet(Dataset):
         return {"index": index}
 
 
+def _mean_and_std(embeddings: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(D,) float64 mean and std (ddof 0) of (N, D) features; a zero std counts as 1 (constant features)."""
+    x = torch.from_numpy(embeddings).double()
+    std = x.std(0, correction=0)
+    return x.mean(0), torch.where(std > 0, std, torch.ones_like(std))
+
+
 class FeatureDataModule(LightningDataModule):
     """Train/val/test feature vectors from a feature folder, with the CVAE study's anonymisers."""
 
@@ -131,6 +138,7 @@ class FeatureDataModule(LightningDataModule):
         self.real_train: FeatureSplit | None = None
         self._mean: torch.Tensor | None = None
         self._std: torch.Tensor | None = None
+        self._real_std: torch.Tensor | None = None
         self._decoder: Any = None
         self._feature_dim: int | None = None
 
@@ -197,15 +205,14 @@ class FeatureDataModule(LightningDataModule):
         # The probe's z-scoring: the anonymised training set's statistics, except online, where the original
         # z-scores with the real training set (the CVAE is trained and sampled in that space).
         basis = self.real_train if hp.anonymiser == "cvae-online" else self.splits["train"]
-        x = torch.from_numpy(basis.embeddings).double()
-        self._mean, std = x.mean(0).float(), x.std(0, correction=0).float()
-        self._std = torch.where(std > 0, std, torch.ones_like(std))
+        mean, std = _mean_and_std(basis.embeddings)
+        self._mean, self._std = mean.float(), std.float()
+        self._real_std = _mean_and_std(self.real_train.embeddings)[1]
         # One noise draw, scaled per loader: the noise levels differ only in size, as with a fixed seed.
         test = self.splits["test"]
         draw = np.random.default_rng(hp.noise_seed).standard_normal(test.embeddings.shape)
-        real_std = self.real_train.embeddings.std(0, dtype=np.float64)
         scales = [s * self._std.numpy() for s in self.test_sigmas]
-        scales += [s * np.where(real_std > 0, real_std, 1.0) for s in self.test_sigmas if s > 0 and hp.equal_noise]
+        scales += [s * self._real_std.numpy() for s in self.test_sigmas if s > 0 and hp.equal_noise]
         self.noisy_tests = [
             FeatureSplit((test.embeddings + draw * scale).astype(np.float32), test.labels, test.ids) for scale in scales
         ]
@@ -221,6 +228,12 @@ class FeatureDataModule(LightningDataModule):
         if self._mean is None:
             self.setup("fit")
         return self._mean.clone(), self._std.clone()
+
+    def noise_scale(self) -> float:
+        """Raw noise of one unit of sigma relative to data.equal_noise's (root mean square of the probe's z-scoring
+        std over the real training std): below 1 when the anonymised set spreads less than the real one."""
+        self.setup("fit")
+        return float(torch.sqrt((self._std.double() ** 2).sum() / (self._real_std**2).sum()))
 
     def train_features(self) -> torch.Tensor:
         """(N, D) training features as trained on (anonymised; the real ones for cvae-online)."""

@@ -86,8 +86,6 @@ def _audits(entry: FeatureEntry) -> dict[str, Any]:
     real = datamodule.real_train.embeddings
     anonymised = datamodule.audit_samples()
     holdout = np.concatenate([datamodule.splits["val"].embeddings, datamodule.splits["test"].embeddings])
-    _, probe_std = datamodule.standardisation()
-    real_std = real.std(0, dtype=np.float64)
     return {
         "anonymiser": hp.anonymiser,
         "k": hp.k if hp.anonymiser == "ksame" else None,
@@ -95,8 +93,7 @@ def _audits(entry: FeatureEntry) -> dict[str, Any]:
         "min_distance": average_min_distance(anonymised, real),
         "min_distance_original_quirk": average_min_distance(anonymised, real, own_statistics=True),
         "dcr": dcr_share(anonymised, real, holdout),
-        # How much raw noise one unit of the probe's sigma is, relative to the real scale (root mean square).
-        "noise_scale": float(np.sqrt((probe_std.double().numpy() ** 2).sum() / (real_std**2).sum())),
+        "noise_scale": datamodule.noise_scale(),
     }
 
 
