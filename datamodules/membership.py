@@ -65,6 +65,7 @@ class MembershipDataModule(LightningDataModule):
         query_batch_size: int = 256,
         num_workers: int = 0,
         anonymise_members: bool = False,
+        population_size: int = 0,
     ) -> None:
         """Fix the design (the pool itself is read in ``setup``).
 
@@ -87,6 +88,10 @@ class MembershipDataModule(LightningDataModule):
                 (``source.anonymise_members``; FeatureDataModule: identity or k-Same), mirroring a target trained
                 on anonymised data; the shadows are still queried on the real pool. Off: shadows train on the
                 real examples.
+            population_size: balanced only: this many of the target's non-members (seeded by mask_seed) form
+                RMIA's population of known non-members, written to ``membership/population.txt`` and flagged in
+                the mask and ``shadows.npz``; they are removed from ``target_non_members.txt``, so attacks never
+                evaluate on them. 0: no population (RMIA then needs ``synthpriv attack --population_file``).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["source"])
@@ -97,6 +102,13 @@ class MembershipDataModule(LightningDataModule):
         if batch_size < 1 or query_batch_size < 1:
             raise ValueError(
                 f"data.batch_size and data.query_batch_size must be positive; got {batch_size}, {query_batch_size}"
+            )
+        if population_size < 0:
+            raise ValueError(f"data.population_size must be 0 or positive; got {population_size}")
+        if population_size and (construction != "balanced" or target_split is None):
+            raise ValueError(
+                "data.population_size needs construction 'balanced' and a target_split: the population is drawn "
+                f"from the target's non-members; got construction {construction!r}, target_split {target_split!r}"
             )
         if construction == "tckr" and challenge_size < 1:
             raise ValueError(f"data.challenge_size must be positive; got {challenge_size}")
@@ -118,6 +130,7 @@ class MembershipDataModule(LightningDataModule):
         self.query_mask: np.ndarray | None = None  # (K, M)
         self.target_members: list[str] = []
         self.target_non_members: list[str] = []
+        self.population: list[str] = []  # RMIA's known non-members, kept apart from the evaluated examples
         self._orders: dict[int, np.ndarray] = {}
         self._train_pool: MembershipPool | None = None  # what the shadows train on (anonymised or the pool)
         self._train_members: list[np.ndarray] | None = None  # per model: its positions in _train_pool
@@ -161,6 +174,7 @@ class MembershipDataModule(LightningDataModule):
                 members = set(parts[hp.target_split].ids)
                 self.target_members = [i for i in self.pool.ids if i in members]
                 self.target_non_members = [i for i in self.pool.ids if i not in members]
+                self._draw_population()
             self._check_every_model_has_members()
             return
         train, test = self.source.membership_pool("train"), self.source.membership_pool("test")
@@ -178,6 +192,26 @@ class MembershipDataModule(LightningDataModule):
         self.target_members = [train.ids[i] for i in members]
         self.target_non_members = [test.ids[i] for i in non_members]
         self._check_every_model_has_members()
+
+    def _draw_population(self) -> None:
+        """Move ``population_size`` seeded target non-members into RMIA's population."""
+        size = self.hparams.population_size
+        if not size:
+            return
+        if size >= len(self.target_non_members):
+            raise ValueError(
+                f"data.population_size={size} leaves no evaluated non-members: the target has "
+                f"{len(self.target_non_members)} non-members in the pool; use fewer"
+            )
+        rng = np.random.default_rng([self.hparams.mask_seed, 2])
+        chosen = set(rng.choice(len(self.target_non_members), size, replace=False).tolist())
+        self.population = [i for k, i in enumerate(self.target_non_members) if k in chosen]
+        self.target_non_members = [i for k, i in enumerate(self.target_non_members) if k not in chosen]
+
+    def _population_flags(self) -> np.ndarray | None:
+        if not self.population:
+            return None
+        return np.isin(np.asarray(self.query.ids), self.population)
 
     def _check_every_model_has_members(self) -> None:
         empty = np.flatnonzero(self.mask.sum(axis=1) == 0)
@@ -279,25 +313,38 @@ class MembershipDataModule(LightningDataModule):
         """Write (or, on resume, check) ``membership/mask.npz`` and the target's member lists."""
         folder = Path(run_dir) / MEMBERSHIP_DIR
         mask_file = folder / "mask.npz"
+        population = self._population_flags()
         if mask_file.is_file():
             saved = load_mask(mask_file, self.pool.ids)
-            if not np.array_equal(saved, self.mask):
+            with np.load(mask_file, allow_pickle=False) as data:
+                saved_population = data["population"] if "population" in data.files else None
+            same_population = (saved_population is None and population is None) or (
+                saved_population is not None and population is not None and np.array_equal(saved_population, population)
+            )
+            if not np.array_equal(saved, self.mask) or not same_population:
                 raise ValueError(
-                    f"{mask_file} holds another membership mask than data.num_models/mask_seed give now; "
-                    "resume with the original settings or start a new run (--run.name)"
+                    f"{mask_file} holds another membership design than data.num_models/mask_seed/population_size "
+                    "give now; resume with the original settings or start a new run (--run.name)"
                 )
         else:
-            save_mask(mask_file, self.mask, self.pool.ids, self.hparams.mask_seed)
+            save_mask(mask_file, self.mask, self.pool.ids, self.hparams.mask_seed, population)
         if self.target_members:
             write_text_atomic(folder / "target_members.txt", "\n".join(self.target_members) + "\n")
             write_text_atomic(folder / "target_non_members.txt", "\n".join(self.target_non_members) + "\n")
+        if self.population:
+            write_text_atomic(folder / "population.txt", "\n".join(self.population) + "\n")
         return folder
 
     def query_design(self) -> dict[str, np.ndarray]:
-        """Arrays stored with the shadows' logits: query ids, labels, mask and the ids hash."""
-        return {
+        """Arrays stored with the shadows' logits: query ids, labels, mask, the ids hash and (with a population)
+        the (M,) bool RMIA population flags."""
+        design = {
             "ids": np.asarray(self.query.ids),
             "labels": self.query.labels,
             "mask": self.query_mask,
             "ids_hash": np.asarray(ids_hash(self.query.ids)),
         }
+        population = self._population_flags()
+        if population is not None:
+            design["population"] = population
+        return design

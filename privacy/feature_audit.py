@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from privacy.checks import finite_floats
+
 
 def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     safe = np.where(std > 0, std, 1.0)
@@ -27,14 +29,20 @@ def nearest_distances(queries: np.ndarray, references: np.ndarray) -> np.ndarray
     """(M,) Euclidean distance of each query to its nearest reference (exact, faiss IndexFlatL2)."""
     import faiss
 
-    queries, references = (np.ascontiguousarray(a, dtype=np.float32) for a in (queries, references))
-    if queries.ndim != 2 or references.ndim != 2 or queries.shape[1] != references.shape[1]:
-        raise ValueError(f"need (M, D) queries and (N, D) references; got {queries.shape} and {references.shape}")
+    if np.ndim(queries) != 2 or np.ndim(references) != 2 or np.shape(queries)[1] != np.shape(references)[1]:
+        raise ValueError(
+            f"need (M, D) queries and (N, D) references; got {np.shape(queries)} and {np.shape(references)}"
+        )
     if len(references) == 0:
         raise ValueError("nearest_distances needs at least one reference vector")
+    # faiss returns index -1 for a NaN query, which numpy would read as the last reference row.
+    queries = np.ascontiguousarray(finite_floats(queries, "query vectors", ("row", "feature"), 2, np.float32))
+    references = np.ascontiguousarray(finite_floats(references, "reference vectors", ("row", "feature"), 2, np.float32))
     index = faiss.IndexFlatL2(references.shape[1])
     index.add(references)
     _, nearest = index.search(queries, 1)
+    if (nearest < 0).any():
+        raise ValueError(f"faiss found no neighbour for {int((nearest < 0).sum())} query vectors")
     # faiss's float32 |q|^2 + |r|^2 - 2 q.r loses the small distances (an exact copy came out ~0.01 away in
     # 1,280-d); the distance to the neighbour it found is recomputed directly in float64.
     diff = queries.astype(np.float64) - references[nearest[:, 0]].astype(np.float64)
@@ -42,7 +50,13 @@ def nearest_distances(queries: np.ndarray, references: np.ndarray) -> np.ndarray
 
 
 def average_min_distance(anonymised: np.ndarray, real: np.ndarray, own_statistics: bool = False) -> float:
-    """Mean distance from each anonymised vector to its nearest real one, in the real set's z-scored space."""
+    """Mean distance from each anonymised vector to its nearest real one, in the real set's z-scored space.
+
+    Args:
+        anonymised: (M, D) anonymised vectors; real: (N, D) real training vectors; both finite.
+    """
+    anonymised = finite_floats(anonymised, "anonymised vectors", ("row", "feature"), 2)
+    real = finite_floats(real, "real training vectors", ("row", "feature"), 2)
     real_mean, real_std = real.mean(0), real.std(0)
     ref = _standardise(real, real_mean, real_std)
     if own_statistics:  # the original: the anonymised set z-scored with its own mean and std
@@ -61,6 +75,9 @@ def dcr_share(anonymised: np.ndarray, train: np.ndarray, holdout: np.ndarray) ->
     """
     if len(train) == 0 or len(holdout) == 0:
         raise ValueError(f"dcr_share needs training and holdout records; got {len(train)} and {len(holdout)}")
+    anonymised = finite_floats(anonymised, "anonymised vectors", ("row", "feature"), 2)
+    train = finite_floats(train, "real training vectors", ("row", "feature"), 2)
+    holdout = finite_floats(holdout, "real holdout vectors", ("row", "feature"), 2)
     mean, std = train.mean(0), train.std(0)
     query = _standardise(anonymised, mean, std)
     to_train = nearest_distances(query, _standardise(train, mean, std))

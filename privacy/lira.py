@@ -17,6 +17,12 @@ Every attack returns one membership score per example, higher meaning "more like
 
 Per example, IN and OUT references are cut to the smallest count over all examples (the reference code's
 ``in_size``/``out_size`` truncation), which removes a small-K bias under leave-one-out evaluation.
+
+Minimum references (``minimum_shadows`` gives K for a balanced mask): 'fixed' and 'per_example' centre
+each example on the median of its references and need at least two per side used (with one, every residual is
+exactly 0 and the spread vanishes); 'tckr_global' pools over examples and needs one. A spread of zero is
+refused, never replaced by a tiny constant. Inputs are checked: finite scores, one view count Q shared by
+target and shadows, labels in range.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import norm
 
+from privacy.checks import class_labels, finite_floats
+
 Variance = Literal["per_example", "fixed", "tckr_global"]
 TckrScore = Literal["logit_stable", "logit_unstable", "logits"]
-_EPS = 1e-30
+Attack = Literal["online", "offline", "global", "rmia"]
 
 
 def _onehot(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -37,11 +45,7 @@ def _onehot(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     n_axis = {2: 0, 3: 0, 4: 1}.get(len(shape))
     if n_axis is None:
         raise ValueError(f"logits must be (N, C), (N, Q, C) or (K, N, Q, C); got shape {shape}")
-    labels = np.asarray(labels)
-    if labels.shape != (shape[n_axis],):
-        raise ValueError(f"labels have shape {labels.shape} but logits {shape} hold {shape[n_axis]} examples")
-    if labels.min() < 0 or labels.max() >= shape[-1]:
-        raise ValueError(f"labels must lie in [0, {shape[-1] - 1}]; found {labels.min()}..{labels.max()}")
+    labels = class_labels(labels, shape[-1], "labels", count=shape[n_axis])
     view = [1] * (len(shape) - 1) + [shape[-1]]
     view[n_axis] = -1
     return np.broadcast_to(np.eye(shape[-1], dtype=bool)[labels].reshape(view), shape)
@@ -49,7 +53,8 @@ def _onehot(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def scaled_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """log p_y - log sum_{y'!=y} p_y' computed from logits in float64 (no log(0), no overflow)."""
-    z = np.asarray(logits, dtype=np.float64)
+    axes = {2: ("example", "class"), 3: ("example", "view", "class"), 4: ("model", "example", "view", "class")}
+    z = finite_floats(logits, "logits", axes.get(np.ndim(logits)), ndim=(2, 3, 4))
     onehot = _onehot(labels, z.shape)
     # The softmax normaliser cancels: z_y - logsumexp over the other classes.
     return np.where(onehot, z, -np.inf).max(-1) - logsumexp(np.where(onehot, -np.inf, z), axis=-1)
@@ -74,7 +79,7 @@ def tckr_score(values: np.ndarray, labels: np.ndarray, kind: TckrScore) -> np.nd
 
 def _split_in_out(shadow_scores: np.ndarray, in_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(K, N, Q) scores -> IN and OUT copies with the other side set to NaN."""
-    s = np.asarray(shadow_scores, dtype=np.float64)
+    s = finite_floats(shadow_scores, "shadow scores", ("model", "example", "view")[: np.ndim(shadow_scores)], (2, 3))
     if s.ndim == 2:
         s = s[..., None]
     mask = np.asarray(in_mask, dtype=bool)
@@ -96,22 +101,74 @@ def _equalize(side: np.ndarray) -> np.ndarray:
 
 
 def _gaussian(side: np.ndarray, variance: Variance, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Centre and spread per (example, augmentation) from a NaN-masked (K, N, Q) array."""
-    counts = (~np.isnan(side)).sum(axis=0)
+    """Centre and spread per (example, augmentation) from a NaN-masked (K, N, Q) array.
+
+    Raises:
+        ValueError: fewer references per example than the variance mode needs, or a spread of zero.
+    """
+    counts = (~np.isnan(side)).sum(axis=0)[:, 0]
     if (counts == 0).any():
-        missing = int((counts[:, 0] == 0).sum())
+        missing = int((counts == 0).sum())
         raise ValueError(f"{missing} examples have no {what} shadow model; every example needs at least one")
+    need = 1 if variance == "tckr_global" else 2
+    if counts.min() < need:
+        raise ValueError(
+            f"variance '{variance}' needs at least {need} {what} reference models per example; this design gives "
+            f"{int(counts.min())} (with one, the spread around each example's median is exactly 0 and scores tie): "
+            "train more shadow models (minimum K per attack mode: see privacy.lira.minimum_shadows)"
+        )
     if variance == "tckr_global":
-        return np.full(side.shape[1:], np.nanmean(side)), np.full(side.shape[1:], np.nanstd(side))
-    centre = np.nanmedian(side, axis=0)
-    if variance == "fixed":
-        return centre, np.full(side.shape[1:], np.nanstd(side - centre))
-    return centre, np.nanstd(side, axis=0)
+        centre, spread = np.full(side.shape[1:], np.nanmean(side)), np.full(side.shape[1:], np.nanstd(side))
+    else:
+        centre = np.nanmedian(side, axis=0)
+        spread = np.full(side.shape[1:], np.nanstd(side - centre)) if variance == "fixed" else np.nanstd(side, axis=0)
+    flat = np.flatnonzero((spread == 0).any(axis=1))
+    if len(flat):
+        raise ValueError(
+            f"the {what} reference scores have zero spread for {len(flat)} examples (first: example {int(flat[0])}): "
+            "the shadow models give identical scores there (duplicated or constant models?); LiRA's Gaussians "
+            "are undefined" + (" (try variance 'fixed')" if variance == "per_example" else "")
+        )
+    return centre, spread
 
 
-def _as_nq(target_scores: np.ndarray) -> np.ndarray:
-    t = np.asarray(target_scores, dtype=np.float64)
-    return t[:, None] if t.ndim == 1 else t
+def _as_nq(target_scores: np.ndarray, shadow_shape: tuple[int, ...]) -> np.ndarray:
+    """Target scores as (N, Q), checked to be finite and to match the shadows' N examples and Q views."""
+    t = finite_floats(target_scores, "target scores", ("example", "view")[: np.ndim(target_scores)], (1, 2))
+    t = t[:, None] if t.ndim == 1 else t
+    n, q = shadow_shape[1], shadow_shape[2] if len(shadow_shape) == 3 else 1
+    if t.shape != (n, q):
+        raise ValueError(
+            f"target scores are (N, Q) = {t.shape} but the shadows' are ({n}, {q}): the target must be queried "
+            "on the same examples under the same query views (Q) as the shadows"
+        )
+    return t
+
+
+def minimum_shadows(
+    attack: Attack, variance: Variance = "fixed", leave_one_out: bool = False, rmia_offline: bool = False
+) -> int:
+    """Smallest K (balanced mask: each example IN for K/2 models) with which ``attack`` is defined.
+
+    With a target, each example has K/2 IN and K/2 OUT references; under leave-one-out the target shadow is
+    removed and sides are equalised, leaving K/2 - 1 per side. 'fixed'/'per_example' need 2 per side,
+    'tckr_global' 1; RMIA needs one reference model (offline: one OUT model per example); the global
+    threshold needs none, but the shadows file holds an even K >= 2.
+
+    =============================  ============  ==============
+    attack (variance)              with target   leave-one-out
+    =============================  ============  ==============
+    online / offline LiRA          4             6
+    online / offline, tckr_global  2             4
+    rmia online                    2             2
+    rmia offline (rmia_offline_a)  2             4
+    global threshold               2             2
+    =============================  ============  ==============
+    """
+    if attack in ("online", "offline"):
+        per_side = 1 if variance == "tckr_global" else 2
+        return 2 * (per_side + 1) if leave_one_out else 2 * per_side
+    return 4 if attack == "rmia" and rmia_offline and leave_one_out else 2
 
 
 def lira_online(
@@ -119,10 +176,10 @@ def lira_online(
 ) -> np.ndarray:
     """Online LiRA: log-likelihood ratio of IN vs OUT Gaussians, averaged over augmentations -> (N,)."""
     s_in, s_out = _split_in_out(shadow_scores, in_mask)
-    t = _as_nq(target_scores)
+    t = _as_nq(target_scores, s_in.shape)
     mu_in, sd_in = _gaussian(s_in, variance, "IN")
     mu_out, sd_out = _gaussian(s_out, variance, "OUT")
-    ratio = norm.logpdf(t, mu_in, sd_in + _EPS) - norm.logpdf(t, mu_out, sd_out + _EPS)
+    ratio = norm.logpdf(t, mu_in, sd_in) - norm.logpdf(t, mu_out, sd_out)
     return ratio.mean(axis=1)
 
 
@@ -135,24 +192,31 @@ def lira_offline(
 ) -> np.ndarray:
     """Offline LiRA from OUT models only -> (N,)."""
     _, s_out = _split_in_out(shadow_scores, in_mask)
-    t = _as_nq(target_scores)
+    t = _as_nq(target_scores, s_out.shape)
     mu_out, sd_out = _gaussian(s_out, variance, "OUT")
     if one_sided:
-        return norm.logcdf(t, mu_out, sd_out + _EPS).mean(axis=1)
-    return -norm.logpdf(t, mu_out, sd_out + _EPS).mean(axis=1)
+        return norm.logcdf(t, mu_out, sd_out).mean(axis=1)
+    return -norm.logpdf(t, mu_out, sd_out).mean(axis=1)
 
 
 def global_threshold(target_scores: np.ndarray) -> np.ndarray:
     """LOSS-style baseline: the target's own scaled confidence, averaged over augmentations -> (N,)."""
-    return _as_nq(target_scores).mean(axis=1)
+    t = finite_floats(target_scores, "target scores", ("example", "view")[: np.ndim(target_scores)], (1, 2))
+    return (t[:, None] if t.ndim == 1 else t).mean(axis=1)
 
 
 def leave_one_out(
     shadow_scores: np.ndarray, in_mask: np.ndarray, attack: str = "online", variance: Variance = "fixed"
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each shadow in turn as the target, the others as references: [(scores (N,), is_member (N,)), ...]."""
-    s = np.asarray(shadow_scores, dtype=np.float64)
+    s = finite_floats(shadow_scores, "shadow scores", ("model", "example", "view")[: np.ndim(shadow_scores)], (2, 3))
     mask = np.asarray(in_mask, dtype=bool)
+    if attack in ("online", "offline", "global") and len(s) < minimum_shadows(attack, variance, leave_one_out=True):
+        need = minimum_shadows(attack, variance, leave_one_out=True)
+        raise ValueError(
+            f"leave-one-out {attack} LiRA with variance '{variance}' needs K >= {need} shadow models; got K={len(s)} "
+            "(each shadow in turn is the target, leaving K/2 - 1 IN and OUT references per example)"
+        )
     results = []
     for k in range(s.shape[0]):
         refs, ref_mask = np.delete(s, k, axis=0), np.delete(mask, k, axis=0)
@@ -166,3 +230,11 @@ def leave_one_out(
             raise ValueError(f"attack must be online, offline or global; got {attack!r}")
         results.append((scores, mask[k]))
     return results
+
+
+def true_class_probability(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """p_y = softmax(logits)_y in float64, RMIA's per-example signal; logits (..., C) as in ``scaled_confidence``."""
+    axes = {2: ("example", "class"), 3: ("example", "view", "class"), 4: ("model", "example", "view", "class")}
+    z = finite_floats(logits, "logits", axes.get(np.ndim(logits)), ndim=(2, 3, 4))
+    onehot = _onehot(labels, z.shape)
+    return np.exp(np.where(onehot, z, -np.inf).max(-1) - logsumexp(z, axis=-1))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from privacy.checks import finite_floats
 from tools.files import write_bytes_atomic
 
 
@@ -39,12 +40,18 @@ def ids_hash(ids: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def save_mask(path: str | Path, mask: np.ndarray, ids: Sequence[str], seed: int) -> Path:
-    """Write ``mask.npz`` (mask, ids, ids_hash, seed) atomically."""
+def save_mask(
+    path: str | Path, mask: np.ndarray, ids: Sequence[str], seed: int, population: np.ndarray | None = None
+) -> Path:
+    """Write ``mask.npz`` (mask, ids, ids_hash, seed and, for RMIA, the (N,) bool ``population``) atomically."""
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2 or mask.shape[1] != len(ids):
         raise ValueError(f"mask has shape {mask.shape} but there are {len(ids)} example ids")
     payload = {"mask": mask, "ids": np.asarray(ids), "ids_hash": np.asarray(ids_hash(ids)), "seed": np.asarray(seed)}
+    if population is not None:
+        payload["population"] = np.asarray(population, dtype=bool)
+        if payload["population"].shape != (len(ids),):
+            raise ValueError(f"population has shape {payload['population'].shape}; expected ({len(ids)},)")
     return write_bytes_atomic(path, lambda handle: np.savez(handle, **payload))
 
 
@@ -94,16 +101,50 @@ def rmia_scores(
         target_probs: (N,) or (N, Q) true-class probabilities from the target.
         reference_probs: (K, N) or (K, N, Q) from the reference models.
         in_mask: (K, N) membership of the reference models (needed offline; ignored online).
-        population: indices of the examples used as z.
+        population: indices of the examples used as z: known non-members of the target, kept apart from
+            the examples the scores are evaluated on (the design's ``population`` set).
         gamma: likelihood-ratio threshold.
         offline_a: the offline interpolation a in [0, 1]; None for online RMIA.
+
+    Returns:
+        (N,) scores in [0, 1] for every example (evaluate them only outside ``population``).
+
+    Raises:
+        ValueError: non-finite or out-of-range probabilities, mismatched (N, Q), an empty, non-integer,
+            duplicated or out-of-range population, gamma <= 0, a in [0, 1] violated, a zero reference probability.
     """
-    t = np.asarray(target_probs, dtype=np.float64)
-    r = np.asarray(reference_probs, dtype=np.float64)
+    t = finite_floats(target_probs, "RMIA target probabilities", ("example", "view")[: np.ndim(target_probs)], (1, 2))
+    r = finite_floats(
+        reference_probs,
+        "RMIA reference probabilities",
+        ("model", "example", "view")[: np.ndim(reference_probs)],
+        (2, 3),
+    )
+    if t.ndim + 1 != r.ndim or t.shape != r.shape[1:]:
+        raise ValueError(
+            f"RMIA: target probabilities {t.shape} and reference probabilities {r.shape} must cover the same "
+            "examples under the same query views ((N, Q) and (K, N, Q))"
+        )
+    for name, p in (("target", t), ("reference", r)):
+        if p.min() < 0 or p.max() > 1:
+            raise ValueError(f"RMIA: {name} probabilities must lie in [0, 1]; found {p.min()}..{p.max()}")
     t = t.mean(axis=1) if t.ndim == 2 else t
     r = r.mean(axis=2) if r.ndim == 3 else r
-    if r.shape[1] != t.shape[0]:
-        raise ValueError(f"reference probabilities cover {r.shape[1]} examples, the target {t.shape[0]}")
+    population = np.asarray(population)
+    if population.ndim != 1 or len(population) == 0:
+        raise ValueError(f"RMIA needs a non-empty 1-d population of example indices; got shape {population.shape}")
+    if not np.issubdtype(population.dtype, np.integer):
+        raise ValueError(f"RMIA population must be integer example indices; found dtype {population.dtype}")
+    if population.min() < 0 or population.max() >= len(t):
+        raise ValueError(
+            f"RMIA population indices must lie in [0, {len(t) - 1}]; found {population.min()}..{population.max()}"
+        )
+    if len(np.unique(population)) != len(population):
+        raise ValueError("RMIA population indices must be unique")
+    if not gamma > 0:
+        raise ValueError(f"RMIA gamma must be positive; got {gamma}")
+    if offline_a is not None and not 0 <= offline_a <= 1:
+        raise ValueError(f"RMIA offline_a must lie in [0, 1]; got {offline_a}")
     if offline_a is None:
         p_ref = r.mean(axis=0)
     else:
@@ -113,7 +154,12 @@ def rmia_scores(
         if np.isnan(out).all(axis=0).any():
             raise ValueError("offline RMIA needs at least one OUT reference model per example")
         p_ref = 0.5 * ((1 + offline_a) * np.nanmean(out, axis=0) + (1 - offline_a))
-    ratio = t / np.maximum(p_ref, 1e-30)
+    if (p_ref <= 0).any():
+        raise ValueError(
+            f"RMIA: the reference probability of the true class is 0 for {int((p_ref <= 0).sum())} examples "
+            "(the likelihood ratio is undefined there)"
+        )
+    ratio = t / p_ref
     z = np.sort(ratio[np.asarray(population)])
     # LR(x, z) > gamma  <=>  ratio(z) < ratio(x) / gamma: count with one binary search per x.
     return np.searchsorted(z, ratio / gamma, side="left") / len(z)

@@ -5,24 +5,23 @@ Scores follow one convention everywhere: higher means "more likely a member".
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_curve as _sk_roc_curve
+
+from privacy.checks import finite_floats
 
 DEFAULT_FPRS = (0.1, 0.01, 0.001, 1e-4, 1e-5)
 
 
 def _check(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64).ravel()
+    scores = finite_floats(np.ravel(scores), "attack scores", ("example",))
     is_member = np.asarray(is_member).astype(bool).ravel()
     if scores.shape != is_member.shape:
         raise ValueError(f"scores has {scores.size} values but is_member has {is_member.size}")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"{int((~np.isfinite(scores)).sum())} attack scores are NaN or infinite")
     if is_member.all() or not is_member.any():
         raise ValueError("is_member must contain both members and non-members")
     return scores, is_member
@@ -35,35 +34,40 @@ def roc_curve(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np
     return fpr, tpr
 
 
-def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float, negatives: int | None = None) -> float:
-    """Highest TPR among thresholds whose FPR is at most ``target``.
+def supports_fpr(negatives: int, target: float) -> bool:
+    """Whether ``negatives`` non-members can measure a TPR at FPR ``target``: at least 1/target of them.
 
-    Warns when there are fewer than 1/target negatives: the value then rests on zero false positives.
+    With fewer, the only threshold with FPR <= target is the one with zero false positives, so the figure
+    says nothing about that FPR (Carlini et al. 2022, section 4.2: low-FPR figures need enough negatives).
     """
-    if negatives is not None and negatives * target < 1:
-        warnings.warn(
-            f"TPR at FPR {target:g} needs at least {math.ceil(1 / target)} non-members to be meaningful; "
-            f"there are {negatives}",
-            stacklevel=2,
-        )
+    return negatives * target >= 1 - 1e-9
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
+    """Highest TPR among thresholds whose FPR is at most ``target`` (check ``supports_fpr`` first)."""
     ok = fpr <= target + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
-def attack_metrics(scores: np.ndarray, is_member: np.ndarray, fprs: Sequence[float] = DEFAULT_FPRS) -> dict[str, float]:
-    """AUC, balanced accuracy and TPR at each FPR in ``fprs`` (keys ``tpr@<fpr>``)."""
+def attack_metrics(scores: np.ndarray, is_member: np.ndarray, fprs: Sequence[float] = DEFAULT_FPRS) -> dict[str, Any]:
+    """AUC, balanced accuracy and TPR at each FPR in ``fprs`` (keys ``tpr@<fpr>``).
+
+    A TPR at an FPR that the number of non-members cannot support (fewer than 1/FPR, ``supports_fpr``) is
+    None and the FPR is listed under ``unsupported_fprs``; it is never reported as a figure.
+    """
     scores, is_member = _check(scores, is_member)
     fpr, tpr = roc_curve(scores, is_member)
     negatives = int((~is_member).sum())
-    result = {
+    result: dict[str, Any] = {
         "auc": float(np.trapezoid(tpr, fpr)),
         # Best accuracy on a balanced set over all thresholds: 1 - (FPR + FNR) / 2.
         "balanced_accuracy": float(np.max(1 - (fpr + (1 - tpr)) / 2)),
         "members": int(is_member.sum()),
         "non_members": negatives,
+        "unsupported_fprs": [float(t) for t in fprs if not supports_fpr(negatives, t)],
     }
     for target in fprs:
-        result[f"tpr@{target:g}"] = tpr_at_fpr(fpr, tpr, target, negatives)
+        result[f"tpr@{target:g}"] = tpr_at_fpr(fpr, tpr, target) if supports_fpr(negatives, target) else None
     return result
 
 

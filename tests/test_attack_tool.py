@@ -73,7 +73,9 @@ def test_bad_inputs(tmp_path: Path) -> None:
     with np.load(shadows) as data:
         d = {k: data[k] for k in data.files}
     np.savez(tmp_path / "badmask.npz", **{**d, "mask": d["mask"][:, :10]})
-    with pytest.raises(ValueError, match="mask has shape"):
+    with pytest.raises(
+        ValueError, match=r"'mask' \(logits are for K=4, N=20\): expected shape \(4, 20\); found \(4, 10\)"
+    ):
         main(["attack", str(tmp_path / "badmask.npz"), str(tmp_path / "a")])
     np.savez(tmp_path / "target.npz", logits=d["logits"][0][::-1], ids=d["ids"][::-1])
     (tmp_path / "members.txt").write_text("\n".join(d["ids"][:10]))
@@ -94,7 +96,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="both members and non-members"):
         main([*base, "--target", str(tmp_path / "target_ok.npz"), "--non_members_file", str(tmp_path / "non.txt")])
     np.savez(tmp_path / "one.npz", **{**d, "logits": d["logits"][:1], "mask": d["mask"][:1]})
-    with pytest.raises(ValueError, match="K=1"):
+    with pytest.raises(ValueError, match="even number K >= 2 of shadows.*got K=1"):
         main(["attack", str(tmp_path / "one.npz"), str(tmp_path / "c")])
     np.savez(tmp_path / "odd.npz", **{**d, "logits": d["logits"][:3], "mask": d["mask"][:3]})
     with pytest.raises(ValueError, match=r"even number.*K=3"):

@@ -75,6 +75,27 @@ def test_balanced_design(data_root: Path, tmp_path: Path) -> None:
     assert not (none.save_membership(tmp_path / "none") / "target_members.txt").exists()
 
 
+def test_rmia_population_is_drawn_from_target_non_members_and_kept_apart(data_root: Path, tmp_path: Path) -> None:
+    dm = _design(data_root, mask_seed=0, population_size=5)
+    test_ids = dm.source.example_ids("test")
+    # 5 of the 24 test images (the target's non-members) become the population; 19 stay evaluated non-members.
+    assert len(dm.population) == 5 and set(dm.population) <= set(test_ids)
+    assert sorted(dm.population + dm.target_non_members) == sorted(test_ids)
+    assert not set(dm.population) & set(dm.target_members)
+    design = dm.query_design()
+    assert design["population"].sum() == 5 and set(design["ids"][design["population"]]) == set(dm.population)
+    folder = dm.save_membership(tmp_path / "run")
+    assert (folder / "population.txt").read_text().split() == dm.population
+    assert len((folder / "target_non_members.txt").read_text().split()) == 19
+    assert _design(data_root, mask_seed=0, population_size=5).population == dm.population  # seeded
+    with pytest.raises(ValueError, match="another membership design"):
+        _design(data_root, mask_seed=0, population_size=4).save_membership(tmp_path / "run")
+    with pytest.raises(ValueError, match="population_size=24 leaves no evaluated non-members"):
+        _design(data_root, population_size=24)
+    with pytest.raises(ValueError, match="population_size needs construction 'balanced' and a target_split"):
+        MembershipDataModule(_source(data_root), num_models=K, target_split=None, population_size=3)
+
+
 def test_save_membership_writes_and_checks_the_design(data_root: Path, tmp_path: Path) -> None:
     dm = _design(data_root, mask_seed=0)
     folder = dm.save_membership(tmp_path / "run")
@@ -83,9 +104,9 @@ def test_save_membership_writes_and_checks_the_design(data_root: Path, tmp_path:
     assert (folder / "target_members.txt").read_text().split() == dm.target_members
     assert (folder / "target_non_members.txt").read_text().split() == dm.target_non_members
     dm.save_membership(tmp_path / "run")  # the same design again: accepted
-    with pytest.raises(ValueError, match="another membership mask"):
+    with pytest.raises(ValueError, match="another membership design"):
         _design(data_root, mask_seed=1).save_membership(tmp_path / "run")
-    with pytest.raises(ValueError, match="another membership mask"):
+    with pytest.raises(ValueError, match="another membership design"):
         _design(data_root, num_models=2).save_membership(tmp_path / "run")
 
 

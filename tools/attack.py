@@ -1,58 +1,53 @@
-"""`synthpriv attack SHADOWS OUT [--target T --members_file M]`: membership inference from saved logits.
+"""`synthpriv attack SHADOWS OUT [--target T | --target_checkpoint RUN]`: membership inference from saved logits.
 
-Writes per-example scores, metrics (AUC, balanced accuracy, TPR at low FPR) and a log-log ROC plot.
+Writes per-example scores, metrics (AUC, balanced accuracy, TPR at low FPR, each with a 95 % bootstrap
+interval) and a log-log ROC plot.
 
 Inputs (npz):
   shadows: ``logits`` (K, N, Q, C), ``labels`` (N,), ``ids`` (N,), ``mask`` (K, N) bool, every shadow model's
-      outputs on all N examples under Q query augmentations, and which examples each model trained on.
-  target (optional): ``logits`` (N, C) or (N, Q, C) and ``ids`` (N,), e.g. the PredictionWriter's file.
+      outputs on all N examples under Q query views, and which examples each model trained on; optionally
+      ``population`` (N,) bool, RMIA's known non-members (MembershipDataModule ``population_size``).
+  target (optional): ``logits`` (N, C) or (N, Q, C) with the shadows' Q, and ``ids`` (N,) in their order.
       With a target, ``members_file`` lists (one id per line) the examples the target trained on.
       Without a target, each shadow in turn is the target and the others are references (leave-one-out).
+
+Attacks: LiRA online / offline (Carlini et al. 2022), the global-threshold baseline and RMIA (Zarifzadeh et
+al. 2024). Each has a minimum number of shadows (``privacy.lira.minimum_shadows``); fewer is refused.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 
-from privacy.lira import Variance, global_threshold, leave_one_out, lira_offline, lira_online, scaled_confidence
-from privacy.membership import check_disjoint, ids_hash
-from privacy.metrics import attack_metrics, plot_roc, roc_curve
+from privacy.intervals import METHOD, bootstrap_intervals, leave_one_out_intervals
+from privacy.lira import (
+    Attack,
+    Variance,
+    global_threshold,
+    leave_one_out,
+    lira_offline,
+    lira_online,
+    minimum_shadows,
+    scaled_confidence,
+    true_class_probability,
+)
+from privacy.membership import rmia_scores
+from privacy.metrics import DEFAULT_FPRS, attack_metrics, plot_roc, roc_curve
+from tools.attack_inputs import (
+    Evaluation,
+    load_shadows,
+    load_target_scores_input,
+    resolve_population,
+    target_evaluation,
+)
 from tools.files import file_sha256, write_bytes_atomic, write_json_atomic
 
-Attack = Literal["online", "offline", "global"]
-
-
-def _load(path: str, keys: set[str], what: str) -> dict[str, np.ndarray]:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--{what}: {file} does not exist")
-    with np.load(file, allow_pickle=False) as data:
-        missing = keys - set(data.files)
-        if missing:
-            raise ValueError(f"--{what}: {file} lacks {sorted(missing)} (has {sorted(data.files)})")
-        return {k: data[k] for k in data.files}
-
-
-def load_shadows(path: str) -> dict[str, np.ndarray]:
-    """Read and check a shadow-logits file."""
-    data = _load(path, {"logits", "labels", "ids", "mask"}, "shadows")
-    logits, mask = data["logits"], data["mask"]
-    if logits.ndim == 3:
-        logits = data["logits"] = logits[:, :, None, :]
-    if logits.ndim != 4:
-        raise ValueError(f"--shadows: logits must be (K, N, Q, C); got shape {logits.shape}")
-    k, n = logits.shape[:2]
-    if mask.shape != (k, n):
-        raise ValueError(f"--shadows: mask has shape {mask.shape} but the logits are for K={k} models, N={n} examples")
-    if len(data["ids"]) != n or len(data["labels"]) != n:
-        raise ValueError(f"--shadows: {len(data['ids'])} ids and {len(data['labels'])} labels for N={n} examples")
-    if "ids_hash" in data and str(data["ids_hash"]) != ids_hash([str(i) for i in data["ids"]]):
-        raise ValueError(f"--shadows: {path} ids do not match its ids_hash (the file was edited or reordered)")
-    return data
+FORMAT = 2  # metrics.json layout: 2 adds intervals and unsupported-FPR flags
+__all__ = ["load_shadows", "run_attack"]
 
 
 def run_attack(
@@ -62,14 +57,21 @@ def run_attack(
     target_checkpoint: str | None = None,
     members_file: str | None = None,
     non_members_file: str | None = None,
+    population_file: str | None = None,
     attacks: list[Attack] | None = None,
     variance: Variance = "fixed",
+    rmia_gamma: float = 1.0,
+    rmia_offline_a: float | None = None,
+    resamples: int = 1000,
+    bootstrap_seed: int = 0,
     device: str = "cpu",
 ) -> Path:
-    """Score membership with LiRA (online, offline) and the global-threshold baseline.
+    """Score membership with LiRA (online, offline), the global-threshold baseline and RMIA.
 
-    Writes ``out/metrics.json``, ``out/scores.npz``, ``out/roc.npz`` and ``out/roc.png``. A rerun with the
-    same inputs does nothing; with other inputs it stops instead of overwriting.
+    Writes ``out/metrics.json`` (format 2: figures with 95 % intervals, unsupported FPRs flagged),
+    ``out/scores.npz``, ``out/roc.npz`` and ``out/roc.png``. A rerun with the same inputs does nothing; with
+    other inputs it stops instead of overwriting; results of an older format are recomputed (the old file is
+    kept as ``metrics.format1.json``).
 
     Args:
         shadows: shadow-logits npz (logits, labels, ids, mask), e.g. ``runs/<study>/shadows/shadows.npz``.
@@ -81,126 +83,234 @@ def run_attack(
             ``membership/target_members.txt``.
         non_members_file: text file of known non-member ids; default the shadows' run
             ``membership/target_non_members.txt`` with members_file unset, else every other example.
-        attacks: which attacks to run; default all three.
+        population_file: RMIA's population of known non-members (ids, one per line), never evaluated; default
+            the shadows' ``population`` flags (MembershipDataModule ``population_size``).
+        attacks: which attacks to run (online, offline, global, rmia); default the three LiRA ones, and rmia
+            when a population is known.
         variance: per_example, fixed (recommended below 64 shadows) or tckr_global.
+        rmia_gamma: RMIA's likelihood-ratio threshold gamma (> 0).
+        rmia_offline_a: offline RMIA's interpolation a in [0, 1] (OUT models only); unset: online RMIA.
+        resamples: bootstrap draws for the 95 % intervals (at least 100).
+        bootstrap_seed: seed of the bootstrap draws.
         device: where the target checkpoint runs (cpu, cuda).
     """
-    attacks = list(attacks or ["online", "offline", "global"])
     out_dir = Path(out)
     if target is not None and target_checkpoint is not None:
         raise ValueError("give --target (saved logits) or --target_checkpoint, not both")
+    if resamples < 100:
+        raise ValueError(f"--resamples must be at least 100 for a 95 % percentile interval; got {resamples}")
     if target_checkpoint is not None:
         from tools.target_logits import resolve_target_checkpoint
 
         target_checkpoint = resolve_target_checkpoint(target_checkpoint)
-    if (target or target_checkpoint) and members_file is None:
-        members_file, non_members_file = _design_member_files(shadows, non_members_file)
-    inputs = {
-        p: file_sha256(p) for p in (shadows, target, target_checkpoint, members_file, non_members_file) if p is not None
-    }
-    settings = {"inputs": inputs, "attacks": attacks, "variance": variance}
-    done = out_dir / "metrics.json"
-    if done.is_file():
-        if json.loads(done.read_text()).get("settings") == settings:
-            print(f"{done} already holds these results; nothing to do")
-            return out_dir
-        raise FileExistsError(f"{out_dir} holds results of other inputs or settings; choose another --out")
     data = load_shadows(shadows)
-    k = data["logits"].shape[0]
-    if "online" in attacks and (k < 2 or k % 2):
+    population = resolve_population(shadows, data, population_file)
+    attacks = list(attacks or ["online", "offline", "global", *(["rmia"] if population is not None else [])])
+    leave_out = target is None and target_checkpoint is None
+    _check_shadow_count(data["logits"].shape[0], attacks, variance, leave_out, rmia_offline_a)
+    if "rmia" in attacks and population is None:
         raise ValueError(
-            f"online LiRA needs an even number K >= 2 of shadows (each example IN for exactly half); got K={k}"
+            "--attacks rmia needs a population of known non-members kept apart from the evaluated examples: fit "
+            "the shadows with data.population_size > 0, or give --population_file"
         )
+    evaluation = None
+    if not leave_out:
+        evaluation = target_evaluation(shadows, data, members_file, non_members_file, population)
+    inputs = {
+        p: file_sha256(p)
+        for p in (
+            shadows,
+            target,
+            target_checkpoint,
+            evaluation and evaluation.members_file,
+            non_members_file,
+            population_file,
+        )
+        if p is not None
+    }
+    settings: dict[str, Any] = {"inputs": inputs, "attacks": attacks, "variance": variance}
+    if "rmia" in attacks:
+        settings["rmia"] = {"gamma": rmia_gamma, "offline_a": rmia_offline_a}
+    settings["bootstrap"] = {"resamples": resamples, "seed": bootstrap_seed}
+    if _already_done(out_dir / "metrics.json", settings):
+        return out_dir
     if target_checkpoint is not None:
-        from tools.target_logits import compute_target_logits
+        from tools.target_logits import check_target_trained_on, compute_target_logits
 
+        check_target_trained_on(target_checkpoint, data["ids"][evaluation.keep[evaluation.is_member]])
         target = str(compute_target_logits(target_checkpoint, shadows, out_dir / "target_logits.npz", device))
-    shadow_scores = scaled_confidence(data["logits"], data["labels"])
-    results, curves, saved = {}, {}, {}
-    if target is None:
-        for attack in attacks:
-            runs = leave_one_out(shadow_scores, data["mask"], attack, variance)
-            per_target = [attack_metrics(s, m) for s, m in runs]
-            results[attack] = {key: float(np.mean([r[key] for r in per_target])) for key in per_target[0]}
-            results[attack]["targets"] = len(runs)
-            curves[attack] = roc_curve(np.concatenate([s for s, _ in runs]), np.concatenate([m for _, m in runs]))
-            saved[attack] = np.stack([s for s, _ in runs])
+    rmia = {"gamma": rmia_gamma, "offline_a": rmia_offline_a}
+    if leave_out:
+        results, curves, saved = _leave_one_out(data, attacks, variance, population, rmia, resamples, bootstrap_seed)
     else:
-        target_scores, is_member, keep = _target_inputs(target, members_file, non_members_file, data)
-        shadow_scores, mask = shadow_scores[:, keep], data["mask"][:, keep]
-        for attack in attacks:
-            if attack == "online":
-                scores = lira_online(target_scores, shadow_scores, mask, variance)
-            elif attack == "offline":
-                scores = lira_offline(target_scores, shadow_scores, mask, variance)
-            else:
-                scores = global_threshold(target_scores)
-            results[attack] = attack_metrics(scores, is_member)
-            curves[attack] = roc_curve(scores, is_member)
-            saved[attack] = scores
-        saved["is_member"] = is_member
-    saved["ids"] = data["ids"] if target is None else data["ids"][keep]
+        target_logits = load_target_scores_input(target, data)
+        results, curves, saved = _against_target(
+            data, target_logits, evaluation, attacks, variance, rmia, resamples, bootstrap_seed
+        )
     write_bytes_atomic(out_dir / "scores.npz", lambda handle: np.savez(handle, **saved))
     roc = {f"{a}_{axis}": curve for a in attacks for axis, curve in zip(("fpr", "tpr"), curves[a])}
     write_bytes_atomic(out_dir / "roc.npz", lambda handle: np.savez(handle, **roc))
     plot_roc({f"{a} (AUC {results[a]['auc']:.3f})": curves[a] for a in attacks}, out_dir / "roc.png", "membership")
-    record = {"settings": settings, "shadows": int(k), "target_checkpoint": target_checkpoint, "metrics": results}
-    write_json_atomic(done, record)
-    for attack in attacks:
-        r = results[attack]
-        print(
-            f"{attack:8s} AUC {r['auc']:.4f}  balanced acc {r['balanced_accuracy']:.4f}  TPR@1%FPR {r['tpr@0.01']:.4f}"
-        )
+    record = {
+        "format": FORMAT,
+        "settings": settings,
+        "shadows": int(data["logits"].shape[0]),
+        "target_checkpoint": target_checkpoint,
+        "intervals": {"method": METHOD, "resamples": resamples, "seed": bootstrap_seed},
+        "metrics": results,
+    }
+    write_json_atomic(out_dir / "metrics.json", record)
+    _print_summary(results, attacks)
     return out_dir
 
 
-def _design_member_files(shadows: str, non_members_file: str | None) -> tuple[str, str | None]:
-    """The member lists the shadows' MembershipDataModule wrote for the target (``--members_file`` unset)."""
-    folder = Path(shadows).parent / "membership"
-    members = folder / "target_members.txt"
-    if not members.is_file():
+def _check_shadow_count(
+    k: int, attacks: list[str], variance: str, leave_out: bool, rmia_offline_a: float | None
+) -> None:
+    if k < 2 or k % 2:
         raise ValueError(
-            f"--members_file is required with a target: {members} does not exist; give the ids the target trained "
-            "on, one per line"
+            f"the attacks need an even number K >= 2 of shadows (each example IN for exactly half); got K={k}"
         )
-    if non_members_file is None and (folder / "target_non_members.txt").is_file():
-        non_members_file = str(folder / "target_non_members.txt")
-    return str(members), non_members_file
+    for attack in attacks:
+        need = minimum_shadows(attack, variance, leave_out, rmia_offline_a is not None)
+        if k < need:
+            mode = "leave-one-out (no target)" if leave_out else "with a target"
+            raise ValueError(
+                f"{attack} ({'variance ' + variance if attack in ('online', 'offline') else 'this mode'}) {mode} needs "
+                f"K >= {need} shadow models; got K={k}. With fewer, each example has a single IN or OUT reference, "
+                "whose spread around its own median is exactly 0 (see the README's table of minimum K)"
+            )
 
 
-def _read_ids(path: str, option: str, known: list[str]) -> list[str]:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--{option}: {file} does not exist")
-    ids = [line.strip() for line in file.read_text().splitlines() if line.strip()]
-    unknown = sorted(set(ids) - set(known))
-    if unknown:
-        raise ValueError(f"--{option}: {len(unknown)} ids are not among the examples, e.g. {unknown[:3]}")
-    return ids
+def _already_done(done: Path, settings: dict[str, Any]) -> bool:
+    """True when ``done`` holds these results; moves an older-format file of the same inputs aside."""
+    if not done.is_file():
+        return False
+    record = json.loads(done.read_text())
+    old = record.get("settings") or {}
+    if record.get("format") == FORMAT and old == settings:
+        print(f"{done} already holds these results; nothing to do")
+        return True
+    if record.get("format") != FORMAT and old == {k: settings[k] for k in old if k in settings} and old:
+        kept = done.with_name("metrics.format1.json")
+        done.replace(kept)
+        print(f"{done} was written by an older synthpriv without intervals; recomputing (old file kept as {kept.name})")
+        return False
+    raise FileExistsError(f"{done.parent} holds results of other inputs or settings; choose another --out")
 
 
-def _target_inputs(
-    target: str, members_file: str | None, non_members_file: str | None, shadows: dict[str, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Target scores (M, Q), membership (M,) and the evaluated example positions (M,) in the shadows' order."""
-    data = _load(target, {"logits", "ids"}, "target")
-    logits = data["logits"][:, None, :] if data["logits"].ndim == 2 else data["logits"]
-    if ids_hash([str(i) for i in data["ids"]]) != ids_hash([str(i) for i in shadows["ids"]]):
-        raise ValueError(
-            f"--target: {target} holds logits for other examples or in another order than --shadows; "
-            "predict on the same split with the same data settings"
+def _against_target(
+    data: dict[str, np.ndarray],
+    target_logits: np.ndarray,
+    evaluation: Evaluation,
+    attacks: list[str],
+    variance: Variance,
+    rmia: dict[str, Any],
+    resamples: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
+    keep, is_member = evaluation.keep, evaluation.is_member
+    shadow_scores, mask = scaled_confidence(data["logits"], data["labels"]), data["mask"]
+    target_scores = scaled_confidence(target_logits, data["labels"])
+    results, curves, saved = {}, {}, {"is_member": is_member, "ids": data["ids"][keep]}
+    for attack in attacks:
+        if attack == "online":
+            scores = lira_online(target_scores[keep], shadow_scores[:, keep], mask[:, keep], variance)
+        elif attack == "offline":
+            scores = lira_offline(target_scores[keep], shadow_scores[:, keep], mask[:, keep], variance)
+        elif attack == "global":
+            scores = global_threshold(target_scores[keep])
+        else:
+            all_scores = rmia_scores(
+                true_class_probability(target_logits, data["labels"]),
+                true_class_probability(data["logits"], data["labels"]),
+                mask,
+                evaluation.population,
+                rmia["gamma"],
+                rmia["offline_a"],
+            )
+            scores = all_scores[keep]
+        results[attack] = {
+            **attack_metrics(scores, is_member),
+            **bootstrap_intervals(scores, is_member, DEFAULT_FPRS, resamples, seed),
+        }
+        curves[attack] = roc_curve(scores, is_member)
+        saved[attack] = scores
+    return results, curves, saved
+
+
+def _rmia_leave_one_out(
+    data: dict[str, np.ndarray], population: np.ndarray, rmia: dict[str, Any], keep: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each shadow in turn the target; its population = the design's population examples it did not train on."""
+    probs, mask = true_class_probability(data["logits"], data["labels"]), data["mask"]
+    runs = []
+    for k in range(len(probs)):
+        refs, ref_mask = np.delete(probs, k, axis=0), np.delete(mask, k, axis=0)
+        own = population[~mask[k, population]]
+        scores = rmia_scores(probs[k], refs, ref_mask, own, rmia["gamma"], rmia["offline_a"])
+        runs.append((scores[keep], mask[k, keep]))
+    return runs
+
+
+def _leave_one_out(
+    data: dict[str, np.ndarray],
+    attacks: list[str],
+    variance: Variance,
+    population: np.ndarray | None,
+    rmia: dict[str, Any],
+    resamples: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
+    n = data["logits"].shape[1]
+    keep = np.setdiff1d(np.arange(n), population) if population is not None else np.arange(n)
+    shadow_scores = scaled_confidence(data["logits"], data["labels"])[:, keep]
+    results, curves, saved = {}, {}, {"ids": data["ids"][keep]}
+    for attack in attacks:
+        if attack == "rmia":
+            runs = _rmia_leave_one_out(data, population, rmia, keep)
+        else:
+            runs = leave_one_out(shadow_scores, data["mask"][:, keep], attack, variance)
+        results[attack] = {
+            **_mean_over_targets([attack_metrics(s, m) for s, m in runs]),
+            **leave_one_out_intervals(runs, DEFAULT_FPRS, resamples, seed),
+        }
+        curves[attack] = roc_curve(np.concatenate([s for s, _ in runs]), np.concatenate([m for _, m in runs]))
+        saved[attack] = np.stack([s for s, _ in runs])
+    return results, curves, saved
+
+
+def _mean_over_targets(per_target: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean of every figure over the leave-one-out targets; a TPR unsupported for any target stays None."""
+    unsupported = sorted({f for r in per_target for f in r["unsupported_fprs"]}, reverse=True)
+    result: dict[str, Any] = {}
+    for key, _value in per_target[0].items():
+        if key == "unsupported_fprs":
+            result[key] = unsupported
+        elif key.startswith("tpr@") and any(r[key] is None for r in per_target):
+            result[key] = None
+        else:
+            result[key] = float(np.mean([r[key] for r in per_target]))
+    result["targets"] = len(per_target)
+    return result
+
+
+def _ci(r: dict[str, Any], key: str) -> str:
+    if r.get(key) is None:
+        return "unsupported"
+    low, high = r[f"{key}_ci95"]
+    return f"{r[key]:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def _print_summary(results: dict[str, Any], attacks: list[str]) -> None:
+    for attack in attacks:
+        r = results[attack]
+        accuracy = r["balanced_accuracy"]
+        print(f"{attack:8s} AUC {_ci(r, 'auc')}  balanced acc {accuracy:.4f}  TPR@1%FPR {_ci(r, 'tpr@0.01')}")
+    first = results[attacks[0]]
+    if first["unsupported_fprs"]:
+        fprs = ", ".join(f"{f:g}" for f in first["unsupported_fprs"])
+        print(
+            f"note: TPR at FPR {fprs} not reported: {first['non_members']:g} non-members support FPRs down to "
+            f"{1 / first['non_members']:.2g} only (an FPR f needs at least 1/f); intervals: 95 % bootstrap"
         )
-    if logits.shape[-1] != shadows["logits"].shape[-1]:
-        raise ValueError(f"--target has {logits.shape[-1]} classes but the shadows have {shadows['logits'].shape[-1]}")
-    if members_file is None:
-        raise ValueError("--members_file is required with --target: the ids the target trained on, one per line")
-    ids = [str(i) for i in shadows["ids"]]
-    members = _read_ids(members_file, "members_file", ids)
-    if non_members_file is None:
-        non_members = [i for i in ids if i not in set(members)]
-    else:
-        non_members = _read_ids(non_members_file, "non_members_file", ids)
-        check_disjoint(members, non_members)
-    keep = np.flatnonzero(np.isin(ids, members) | np.isin(ids, non_members))
-    is_member = np.isin(np.asarray(ids)[keep], members)
-    return scaled_confidence(logits, shadows["labels"])[keep], is_member, keep

@@ -95,3 +95,24 @@ def compute_target_logits(checkpoint: str, shadows: str, out_file: Path, device:
     logits = torch.cat(chunks).numpy()
     payload = {"logits": logits, "ids": np.asarray(saved_ids), "checkpoint": np.asarray(str(checkpoint))}
     return write_bytes_atomic(out_file, lambda handle: np.savez(handle, **payload))
+
+
+def check_target_trained_on(checkpoint: str, members: np.ndarray) -> None:
+    """Refuse a member list that the target's run did not train on (its fit recorded the ids it trained on).
+
+    The run folder is the checkpoint's grandparent (``<run>/checkpoints/<file>``). A run without a record
+    (fitted before synthpriv recorded ids, or a checkpoint outside a run folder) is accepted with a warning.
+    """
+    import warnings
+
+    from tools.trained_ids import check_members_trained, read_trained_ids
+
+    run_dir = Path(checkpoint).resolve().parent.parent
+    if read_trained_ids(run_dir) is None:
+        warnings.warn(
+            f"--target_checkpoint {checkpoint}: {run_dir} records no training ids, so the member list cannot be "
+            "checked against what the target trained on",
+            stacklevel=2,
+        )
+        return
+    check_members_trained([str(m) for m in members], run_dir, f"--target_checkpoint {checkpoint}")
