@@ -291,7 +291,14 @@ def test_feature_report(study: dict[str, Any], tmp_path: Path, monkeypatch: pyte
     assert ksame["auroc_real_pct"]["2.0"] == pytest.approx(100 * real)
     assert "## Robustness to test noise at equal raw noise" in table
     assert "## Membership inference: shadows on real vs anonymised members" in table
-    assert f"| ksame k=2 | – | – | {100 * aware['auc']:.2f} |" in table
+    low, high = (100 * v for v in aware["auc_ci95"])
+    # 30 non-members cannot support a TPR at 1 % FPR (needs 100): shown as unsupported, never as a figure.
+    assert f"| ksame k=2 | – | – | {100 * aware['auc']:.2f} [{low:.2f}, {high:.2f}] | unsupported (n=30) |" in table
+    assert ksame["lira_aware"]["tpr_at_1pct_fpr_unsupported"] and ksame["lira_aware"]["tpr_at_1pct_fpr_pct"] is None
+    assert identity["lira"]["auc_mia_ci95_pct"] == pytest.approx(
+        [100 * v for v in json.loads((study["attack"] / "metrics.json").read_text())["metrics"]["online"]["auc_ci95"]]
+    )
+    assert "95 % intervals computed by `synthpriv attack`" in table
     assert f"| ksame k=2 | {ksame['noise_scale']:.3f} |" in table
 
 
@@ -319,7 +326,7 @@ def test_feature_report_errors(study: dict[str, Any], tmp_path: Path, monkeypatc
     untested = Path("untested")
     shutil.copytree(study["probe"], untested, ignore=shutil.ignore_patterns("test"))
     entries = [{"label": "untested", "probe_run": str(untested)}]
-    with pytest.raises(FileNotFoundError, match=r"entry 'untested' test metrics: untested/test/metrics\.json"):
+    with pytest.raises(FileNotFoundError, match=r"entry 'untested' test metrics: \S*/untested/test/metrics\.json"):
         main(["feature-report", "--config", str(_report_config(Path("untested.yaml"), Path("r2"), entries))])
     assert not Path("r1").exists() and not Path("r2").exists()
 
