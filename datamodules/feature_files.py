@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from privacy.checks import class_labels, example_ids, finite_floats
+
 SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = ("embeddings", "labels")
 
@@ -67,36 +69,20 @@ def read_split(path: Path, num_classes: int) -> FeatureSplit:
                     f"{path} lacks key(s) {missing}; it holds {sorted(data.files)} (expected embeddings, labels, ids)"
                 )
             embeddings, labels = data["embeddings"], data["labels"]
-            ids = [str(i) for i in data["ids"]] if "ids" in data.files else None
+            ids = data["ids"] if "ids" in data.files else None
     except (OSError, EOFError) as err:
         raise ValueError(f"{path} is not a readable npz file ({err})") from err
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
         raise ValueError(f"{path}: 'embeddings' must be a non-empty (N, D) array; found shape {embeddings.shape}")
     if not np.issubdtype(embeddings.dtype, np.floating):
         raise ValueError(f"{path}: 'embeddings' must be floating point; found {embeddings.dtype}")
-    if labels.shape != (embeddings.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{path}: 'labels' must be {embeddings.shape[0]} integers (one per embedding); "
-            f"found shape {labels.shape}, dtype {labels.dtype}"
-        )
-    bad = ~np.isfinite(embeddings)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
-        raise ValueError(
-            f"{path}: {len(rows)} embedding row(s) hold NaN or infinite values (first rows {rows[:5].tolist()})"
-        )
-    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if len(outside):
-        raise ValueError(
-            f"{path}: label(s) {sorted(set(labels[outside].tolist()))[:5]} at row(s) {outside[:5].tolist()} lie "
-            f"outside [0, {num_classes}) for the {num_classes} classes of the manifest"
-        )
+    finite_floats(embeddings, f"{path} 'embeddings'", ("row", "feature"), 2, embeddings.dtype)
+    labels = class_labels(
+        labels, num_classes, f"{path} 'labels' ({num_classes} classes in the manifest)", count=embeddings.shape[0]
+    )
     if ids is None:
         ids = [f"{path.stem}/{i}" for i in range(len(labels))]  # files written by other tools: position ids
-    if len(ids) != len(labels) or len(set(ids)) != len(ids):
-        raise ValueError(
-            f"{path}: 'ids' must be {len(labels)} unique strings; found {len(ids)} ({len(set(ids))} unique)"
-        )
+    ids = example_ids(ids, f"{path} 'ids'", count=len(labels))
     return FeatureSplit(embeddings.astype(np.float32, copy=False), labels.astype(np.int64), ids)
 
 

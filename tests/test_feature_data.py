@@ -192,10 +192,13 @@ def test_membership_pool_holds_real_features(tmp_path: Path, monkeypatch: pytest
     [
         ("val", {"labels": None}, ValueError, r"val\.npz lacks key\(s\) \['labels'\]"),
         ("test", {"embeddings": np.zeros((30, 6), np.float32)}, ValueError, r"different feature sizes .*'test': 6"),
-        ("train", "nan", ValueError, r"train\.npz: 1 embedding row\(s\) hold NaN .*first rows \[5\]"),
-        ("val", {"labels": np.arange(30) % 4}, ValueError, r"val\.npz: label\(s\) \[3\] .*outside \[0, 3\)"),
+        ("train", "nan", ValueError, r"train\.npz 'embeddings': 1 of .* the first is nan at row 5, feature 2"),
+        ("val", {"labels": np.arange(30) % 4}, ValueError, r"val\.npz 'labels'.*: label 3 at example 3 lies outside"),
+        ("val", {"labels": (np.arange(30) % 3).astype(float)}, ValueError, r"integers; found dtype float64"),
+        ("val", {"labels": (np.arange(30) % 3).astype(str)}, ValueError, r"integers; found dtype <U\d+"),
+        ("test", {"ids": np.asarray(["a"] * 30)}, ValueError, r"test\.npz 'ids': .*'a' appears more than once"),
     ],
-    ids=["missing-labels", "feature-sizes", "nan", "label-range"],
+    ids=["missing-labels", "feature-sizes", "nan", "label-range", "float-labels", "string-labels", "duplicate-ids"],
 )
 def test_bad_feature_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split: str, change: Any, error: type, match: str
@@ -340,3 +343,25 @@ def test_cvae_online_fit_through_the_cli(cvae_run: dict[str, Path]) -> None:
     summary = json.loads((run / "fit_summary.json").read_text())
     assert summary["epochs"] == 2 and summary["global_step"] == 2 * 8  # 120 slots in batches of 16
     assert np.isfinite(summary["metrics"]["val/loss"]) and summary["metrics"]["train/loss_epoch"] > 0
+
+
+def test_bad_feature_file_ends_a_fit_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the console entry point: string labels stop `synthpriv fit` with one line naming the file."""
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    feats = make_feature_folder(Path("feats"), dim=DIM, sizes=SIZES)
+    _rewrite(feats, "train", labels=(np.arange(SIZES[0]) % 3).astype(str))
+    config = {
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "logger": False},
+        "model": {"class_path": "LinearProbe"},
+        "data": {"class_path": "FeatureDataModule", "init_args": {"root": "feats"}},
+    }
+    Path("probe.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(sys, "argv", ["synthpriv", "fit", "--config", "probe.yaml", "--run.name", "probe"])
+    monkeypatch.delenv("SYNTHPRIV_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    message = str(exit_info.value.code)
+    assert message.startswith("synthpriv: error: feats/train.npz 'labels'") and "\n" not in message
+    assert "class labels must be integers" in message
