@@ -52,7 +52,7 @@ def write_attack(
         if value is None:
             metrics["unsupported_fprs"].append(fpr)
     record: dict[str, Any] = {
-        "settings": {"variance": "fixed"},
+        "settings": {"variance": "fixed", **({"rmia": {"gamma": 1.0, "offline_a": None}} if "rmia" in attacks else {})},
         "shadows": 16,
         "target_checkpoint": target_checkpoint,
         "intervals": {"method": METHOD, "resamples": 1000, "seed": 0},
@@ -182,7 +182,8 @@ def test_unsupported_tpr_is_flagged_not_printed(tmp_path: Path) -> None:
     cells = _cells(_table_row(table, "small"))
     assert cells[3] == "unsupported (n=200)" and cells[4] == "5.90 [4.90, 6.90]"
     assert "fewer than 1/FPR" in table
-    assert _cells(_table_row(table, "rmia"))[6] == "RMIA (K=16, fixed)"
+    assert _cells(_table_row(table, "rmia"))[6] == "RMIA (K=16, gamma=1, online)"
+    assert _cells(_table_row(table, "small"))[6] == "LiRA online (K=16, fixed)"
 
 
 def test_attack_folder_errors(tmp_path: Path) -> None:

@@ -174,11 +174,11 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
         f"# {md_escape(title)}",
         "",
         "| run | accuracy % | AUC_MIA % [95 % CI] | TPR@0.1%FPR % [95 % CI] | TPR@1%FPR % [95 % CI] | AOP [95 % CI] "
-        "| attack (K shadows, variance) |",
+        "| attack (K shadows, setting) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        setting = f"K={r['shadows']}" + (f", {r['variance']}" if r.get("variance") else "")
+        setting = f"K={r['shadows']}" + (f", {r['setting']}" if r.get("setting") else "")
         lines.append(
             f"| {md_escape(r['label'])} | {figure_cell(r, 'accuracy_pct')} | "
             f"{figure_cell(r, 'auc_mia_pct', 'auc_mia_ci95_pct')} | {tpr_cell(r, 0.001)} | {tpr_cell(r, 0.01)} | "

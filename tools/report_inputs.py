@@ -180,6 +180,7 @@ def read_attack(folder: Path, attack: str, what: str) -> dict[str, Any]:
         non_members=non_members,
         shadows=record.get("shadows"),
         variance=settings.get("variance"),
+        setting=_setting(attack, settings),
         leave_one_out="targets" in metrics,
         interval_method=intervals["method"],
         interval_resamples=intervals.get("resamples"),
@@ -188,6 +189,16 @@ def read_attack(folder: Path, attack: str, what: str) -> dict[str, Any]:
         curve=_roc(folder, attack, what),
     )
     return figures
+
+
+def _setting(attack: str, settings: dict[str, Any]) -> str | None:
+    """The attack's main setting for the table: LiRA's variance, RMIA's gamma and online/offline a."""
+    rmia = settings.get("rmia")
+    if attack == "rmia" and isinstance(rmia, dict):
+        mode = "online" if rmia.get("offline_a") is None else f"offline a={rmia['offline_a']:g}"
+        return f"gamma={rmia.get('gamma', 1.0):g}, {mode}"
+    variance = settings.get("variance")
+    return None if variance is None else str(variance)
 
 
 def _count(value: Any, what: str) -> int:
@@ -252,7 +263,7 @@ def aggregate_seeds(seeds: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[
         row[key], row[f"{key}_std"] = mean_std([s[key] for s in seeds])
     for fpr in REPORT_FPRS:
         row[f"{pct_key(fpr)}_unsupported"] = any(s[f"{pct_key(fpr)}_unsupported"] for s in seeds)
-    for key in ("shadows", "variance", "members", "leave_one_out", "interval_method"):
+    for key in ("shadows", "variance", "setting", "members", "leave_one_out", "interval_method"):
         row[key] = seeds[0][key]
     row["non_members"] = min(s["non_members"] for s in seeds)
     row["attack_dir"] = [s["attack_dir"] for s in seeds]
