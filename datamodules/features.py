@@ -327,3 +327,19 @@ class FeatureDataModule(LightningDataModule):
         self._decoder.to(index.device)
         features = self._decoder.sample(labels.to(index.device), std=self.hparams.variance, generator=generator)
         return {"features": features, "label": labels.to(index.device), "index": index}
+
+    def train_example_ids(self) -> list[str]:
+        """Ids of the **real** records whose information the training loss saw (the fit records them in
+        ``<run>/trained_ids.txt``; the same strings as ``membership_pool('train')``): identity, the training
+        split; ksame, the records the centroids average (the last N mod k are dropped); cvae and cvae-online,
+        the CVAE's training records (its run's trained_ids.txt when recorded, else this root's training split)."""
+        self.setup("fit")
+        if self.hparams.anonymiser == "ksame":
+            return list(self.splits["train"].ids)
+        if self.hparams.anonymiser in ("cvae", "cvae-online"):
+            from tools.trained_ids import read_trained_ids
+
+            recorded = read_trained_ids(self._cvae_checkpoint())
+            if recorded is not None:
+                return recorded
+        return list(self.real_train.ids)

@@ -287,6 +287,13 @@ class ImageFolderDataModule(LightningDataModule):
             return [self._loader(split, shuffle=False) for split in self.predict_splits]
         return self._loader(self.hparams.predict_split, shuffle=False)
 
+    def train_example_ids(self) -> list[str]:
+        """Ids of the examples `fit` trains on, in training-set order: the train split after train_fractions, the
+        val_fraction hold-out and on_corrupt skips (the strings ``membership_pool('train')`` gives; the fit
+        records them in ``<run>/trained_ids.txt``)."""
+        samples = self._datasets["train"].samples if "train" in self._datasets else self._checked("train")
+        return [s.example_id for s in samples]
+
 
 def _first_readable_size(samples: list[Sample]) -> int:
     """Side of the first image that opens (corrupt files are reported at setup, not here)."""
