@@ -15,6 +15,7 @@ import datamodules  # noqa: F401
 import lightning_modules  # noqa: F401
 from callbacks.run_dir import RunDirectory
 from tools.commands import TOOLS, run_tool
+from tools.resume_changes import check_resume_changes
 from tools.run_config import configure_run, ensure_checkpointing
 from tools.run_dirs import RunExistsError, RunOptions
 
@@ -68,6 +69,15 @@ class SynthPrivCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             self.run_dir = configure_run(self.config[subcommand], subcommand)
+        if subcommand == "fit":  # changed options on resume: refused, or handed to RunDirectory to apply
+            changes = check_resume_changes(self._parser(subcommand), self.config[subcommand], self.run_dir)
+            self.save_config_kwargs["resume_changes"] = changes
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the model options with a checkpoint's hyperparameters; a fit runs with its own config
+        instead (on resume compared with the run's saved one at parse time: refused or applied, see above)."""
+        if self.config.get("subcommand") != "fit":
+            super()._parse_ckpt_path()
 
     def _instantiate_trainer(self, config: dict[str, Any], extra_callbacks: list[Any]) -> Any:
         enabled = config.get("enable_checkpointing") is not False and not config.get("fast_dev_run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,13 @@ import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_modules.recipes import reapply_options
 from tools.files import unique_path, write_json_atomic, write_text_atomic
 from tools.run_config import remember_wandb_run
 from tools.run_dirs import CHECKPOINT_DIR, FIT_SUMMARY
+from tools.trained_ids import record_trained_ids
 
 
 def metrics_to_floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -31,7 +35,19 @@ class RunDirectory(SaveConfigCallback):
     Writes ``config.yaml`` for a new fit, ``config.resume.N.yaml`` when a fit resumes and ``config.<stage>.yaml``
     for validate/test/predict, never replacing an earlier file; pushes the full resolved config to every W&B
     logger; writes ``fit_summary.json`` after a completed fit and ``<stage>/metrics.json`` after validate/test.
+
+    At the start of every fit it records (or, resuming, checks) the ids of the training examples in
+    ``trained_ids.txt`` (tools/trained_ids.py). ``resume_changes`` are the options a resumed fit changed with
+    ``--run.allow_changes`` (found at parse time, tools/resume_changes.py); they are applied after the checkpoint
+    is restored (optimizer settings and schedule rebuilt, lightning_modules/recipes.reapply_options), and what
+    happens to the schedule is logged and kept in ``fit_summary.json``.
     """
+
+    def __init__(self, *args: Any, resume_changes: Sequence[Any] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_changes = list(resume_changes)
+        self.trained_ids: dict[str, Any] | None = None
+        self.resume_note: str | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -44,6 +60,8 @@ class RunDirectory(SaveConfigCallback):
         if self.already_saved:
             return
         stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn enum
+        if stage == "fit":  # every rank checks a recorded list (all refuse alike); rank zero writes a new one
+            self.trained_ids = record_trained_ids(self.run_dir, trainer.datamodule, write=trainer.is_global_zero)
         if trainer.is_global_zero:
             if stage == "fit":
                 first = self.run_dir / "config.yaml"
@@ -64,6 +82,14 @@ class RunDirectory(SaveConfigCallback):
         if stage == "fit":
             remember_wandb_run(trainer.loggers, self.run_dir)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Resumed with --run.allow_changes: the new options govern the optimizer and the schedule from here."""
+        if not self.resume_changes:
+            return
+        keys = ", ".join(c.key for c in self.resume_changes)
+        self.resume_note = f"resuming with changed options ({keys}): " + reapply_options(trainer, pl_module)
+        rank_zero_info(self.resume_note)
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record a completed fit; the study runner treats this file as the fit step's output."""
         if not trainer.is_global_zero or trainer.interrupted or trainer.fast_dev_run:
@@ -80,7 +106,10 @@ class RunDirectory(SaveConfigCallback):
             "checkpoint_dir": CHECKPOINT_DIR,
             "metrics": metrics_to_floats(trainer.callback_metrics),
             "seed": self.config.get("seed_everything"),
+            "trained_ids": self.trained_ids,
         }
+        if self.resume_note:
+            summary["resume_changes"] = {"changes": [str(c) for c in self.resume_changes], "note": self.resume_note}
         write_json_atomic(self.run_dir / FIT_SUMMARY, summary)
 
     def _write_stage_metrics(self, trainer: Trainer, stage: str) -> None:

@@ -55,7 +55,8 @@ def test_rerun_of_a_name_stops_and_resume_continues(tmp_path: Path) -> None:
     main(["fit", "--config", config, *_run(tmp_path)])
     with pytest.raises(RunExistsError, match="--ckpt_path last"):
         main(["fit", "--config", config, *_run(tmp_path)])
-    main(["fit", "--config", config, *_run(tmp_path), "--ckpt_path", "last", "--trainer.max_epochs", "2"])
+    more = ["--trainer.max_epochs", "2", "--run.allow_changes", "true"]  # cosine over 2 epochs: a changed option
+    main(["fit", "--config", config, *_run(tmp_path), "--ckpt_path", "last", *more])
     run_dir = tmp_path / "runs" / "s" / "r"
     assert json.loads((run_dir / "fit_summary.json").read_text())["epochs"] == 2
     assert (run_dir / "config.yaml").is_file() and (run_dir / "config.resume.yaml").is_file()

@@ -26,12 +26,16 @@ class RunOptions:
         name: run name (second level); default the model class name in lower case.
         if_exists: what `fit` does when the run folder already holds a fit: 'error' stops with a message,
             'resume' continues from checkpoints/last.ckpt (or starts fresh when there is none yet).
+        allow_changes: let a resumed fit run with options that differ from the run's saved config (otherwise
+            refused, listing each key); the optimizer settings and the schedule are then rebuilt from the new
+            options at the current epoch, as if the run had used them from the start (tools/resume_changes.py).
     """
 
     root: str = "runs"
     study: str = "default"
     name: str | None = None
     if_exists: Literal["error", "resume"] = "error"
+    allow_changes: bool = False
 
 
 class RunExistsError(RuntimeError):
