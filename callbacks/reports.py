@@ -18,6 +18,8 @@ from lightning.pytorch.loggers import WandbLogger
 from callbacks.run_dir import metrics_to_floats
 from tools.files import atomic_path, write_text_atomic
 
+ABSENT = "–"  # a metric that is NaN (None after metrics_to_floats), e.g. the accuracy of a class with no examples
+
 
 class TestReport(Callback):
     """After `test`: ``<run>/test/summary.md`` and ``<run>/test/predictions.png``.
@@ -116,14 +118,22 @@ class TestReport(Callback):
         main = [k for k in ("test/acc", "test/acc_top5", "test/auroc", "test/loss") if k in metrics]
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(metrics[k])} |" for k in main]
-        per_class = [(n, metrics.get(f"test/acc_class/{n}")) for n in names]
-        if any(v is not None for _, v in per_class):
+        per_class = [(n, metrics[f"test/acc_class/{n}"]) for n in names if f"test/acc_class/{n}" in metrics]
+        if per_class:
             lines += ["", "## Accuracy per class", "", "| class | accuracy |", "|---|---|"]
             lines += [f"| {n} | {_fmt(v)} |" for n, v in per_class]
+            absent = [n for n, v in per_class if v is None]
+            if absent:
+                present = len(names) - len(absent)
+                lines += [
+                    "",
+                    f"{ABSENT}: no test examples of {', '.join(absent)} (absent); test/auroc is the macro average "
+                    f"over the {present} present class(es).",
+                ]
         if self._images:
             lines += ["", "![test predictions](predictions.png)"]
         return "\n".join(lines) + "\n"
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    return ABSENT if value is None else f"{value:.4f}"

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
+from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_modules.class_metrics import PresentClassAccuracy, PresentClassAUROC
 from lightning_modules.networks import build_backbone, load_weights
 from lightning_modules.pretrained import resolve_weights
 from lightning_modules.recipes import optimizer_and_schedule
@@ -92,19 +93,23 @@ class ImageClassifier(LightningModule):
         self.configure_metrics()
 
     def configure_metrics(self) -> None:
-        """Per-stage torchmetrics (synced across DDP ranks by torchmetrics itself)."""
+        """Per-stage torchmetrics (synced across DDP ranks by torchmetrics itself).
+
+        AUROC is macro one-vs-rest over the classes present in the evaluation set and per-class accuracy is
+        NaN for a class with no examples (see ``class_metrics``: torchmetrics alone would score such a class 0).
+        """
         c = self.hparams.num_classes
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(c, average="micro"),
                 "acc_top5": MulticlassAccuracy(c, top_k=min(5, c), average="micro"),
-                "auroc": MulticlassAUROC(c, average="macro"),
+                "auroc": PresentClassAUROC(c, class_names=self.hparams.class_names),
             }
         )
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.train_acc = MulticlassAccuracy(c, average="micro")
-        self.test_per_class = MulticlassAccuracy(c, average=None)
+        self.test_per_class = PresentClassAccuracy(c)
 
     def configure_teacher(self) -> None:
         """Load and freeze the distillation teacher (only when training)."""
@@ -202,7 +207,7 @@ class ImageClassifier(LightningModule):
             self._teacher.to(self.device)
 
     def on_test_epoch_end(self) -> None:
-        """Log accuracy per class under the class names."""
+        """Log accuracy per class under the class names (NaN for a class with no test examples)."""
         per_class = self.test_per_class.compute()
         names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
         for name, value in zip(names, per_class):
