@@ -64,6 +64,7 @@ def run_attack(
     rmia_offline_a: float | None = None,
     resamples: int = 1000,
     bootstrap_seed: int = 0,
+    control: bool = False,
     device: str = "cpu",
 ) -> Path:
     """Score membership with LiRA (online, offline), the global-threshold baseline and RMIA.
@@ -92,6 +93,8 @@ def run_attack(
         rmia_offline_a: offline RMIA's interpolation a in [0, 1] (OUT models only); unset: online RMIA.
         resamples: bootstrap draws for the 95 % intervals (at least 100).
         bootstrap_seed: seed of the bootstrap draws.
+        control: the target is a control attacked with another model's member list (expect chance): its run
+            must have trained on none of the members, instead of on all of them.
         device: where the target checkpoint runs (cpu, cuda).
     """
     out_dir = Path(out)
@@ -132,12 +135,17 @@ def run_attack(
     if "rmia" in attacks:
         settings["rmia"] = {"gamma": rmia_gamma, "offline_a": rmia_offline_a}
     settings["bootstrap"] = {"resamples": resamples, "seed": bootstrap_seed}
+    if control:
+        if target_checkpoint is None:
+            raise ValueError("--control true checks a target run's recorded training ids: give --target_checkpoint")
+        settings["control"] = True
     if _already_done(out_dir / "metrics.json", settings):
         return out_dir
     if target_checkpoint is not None:
         from tools.target_logits import check_target_trained_on, compute_target_logits
 
-        check_target_trained_on(target_checkpoint, data["ids"][evaluation.keep[evaluation.is_member]])
+        members = [str(i) for i in data["ids"][evaluation.keep[evaluation.is_member]]]
+        check_target_trained_on(target_checkpoint, members, str(evaluation.members_file), control)
         target = str(compute_target_logits(target_checkpoint, shadows, out_dir / "target_logits.npz", device))
     rmia = {"gamma": rmia_gamma, "offline_a": rmia_offline_a}
     if leave_out:

@@ -97,22 +97,31 @@ def compute_target_logits(checkpoint: str, shadows: str, out_file: Path, device:
     return write_bytes_atomic(out_file, lambda handle: np.savez(handle, **payload))
 
 
-def check_target_trained_on(checkpoint: str, members: np.ndarray) -> None:
-    """Refuse a member list that the target's run did not train on (its fit recorded the ids it trained on).
+def check_target_trained_on(checkpoint: str, members: list[str], members_from: str, control: bool = False) -> None:
+    """Check the member list against the ids the target's fit recorded (``<run>/trained_ids.txt``).
 
-    The run folder is the checkpoint's grandparent (``<run>/checkpoints/<file>``). A run without a record
-    (fitted before synthpriv recorded ids, or a checkpoint outside a run folder) is accepted with a warning.
+    A target must have trained on every listed member (else its "members" are partly non-members and the AUC is
+    diluted towards 0.5 without a word); a *control* (``control``: a model attacked with another model's member
+    list to show chance-level figures) must have trained on none of them. A run without a record (fitted before
+    synthpriv recorded ids) is accepted with a warning.
+
+    Raises:
+        ValueError: naming the run, the member file, how many members disagree and examples of them.
     """
-    import warnings
+    from tools.trained_ids import check_members_trained, read_trained_ids, run_folder_of
 
-    from tools.trained_ids import check_members_trained, read_trained_ids
-
-    run_dir = Path(checkpoint).resolve().parent.parent
-    if read_trained_ids(run_dir) is None:
-        warnings.warn(
-            f"--target_checkpoint {checkpoint}: {run_dir} records no training ids, so the member list cannot be "
-            "checked against what the target trained on",
-            stacklevel=2,
-        )
+    what = f"--target_checkpoint {checkpoint}"
+    if not control:
+        check_members_trained(list(members), checkpoint, what, members_from)
         return
-    check_members_trained([str(m) for m in members], run_dir, f"--target_checkpoint {checkpoint}")
+    trained = read_trained_ids(checkpoint)
+    if trained is None:
+        check_members_trained(list(members), checkpoint, what, members_from)  # warns that nothing is recorded
+        return
+    seen = sorted(set(members) & set(trained))
+    if seen:
+        raise ValueError(
+            f"{what} is attacked as a control (--control true) but {run_folder_of(checkpoint)} trained on "
+            f"{len(seen)} of the {len(members)} members in {members_from} (e.g. {seen[:3]}); a control must never "
+            "have seen them"
+        )
