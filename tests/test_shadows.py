@@ -216,8 +216,10 @@ def test_resume_after_crash_is_exact(study: Study, tmp_path: Path) -> None:
 def test_resume_with_another_mask_is_refused(study: Study, tmp_path: Path) -> None:
     shutil.copytree(study.run_dir, tmp_path / "runs" / "t" / "sh")
     args = ["fit", "--config", str(study.config), *_run(tmp_path, "sh"), "--run.if_exists", "resume"]
-    with pytest.raises(ValueError, match="another membership mask"):
-        main([*args, "--data.init_args.mask_seed", "5"])
+    with pytest.raises(ValueError, match=r"data.init_args.mask_seed: 0 -> 5"):
+        main([*args, "--data.init_args.mask_seed", "5"])  # the resume check names the changed option first
+    with pytest.raises(ValueError, match="another membership design"):  # and the design itself is checked too
+        main([*args, "--data.init_args.mask_seed", "5", "--run.allow_changes", "true"])
 
 
 def test_predict_with_another_k_is_refused(study: Study, tmp_path: Path) -> None:
@@ -273,6 +275,60 @@ def test_target_checkpoint_may_be_a_run_folder(study: Study, tmp_path: Path) -> 
     assert resolve_target_checkpoint(str(study.teacher)) == str(study.teacher)
     with pytest.raises(FileNotFoundError, match="--target_checkpoint"):
         resolve_target_checkpoint(str(tmp_path / "nope.ckpt"))
+
+
+def test_attack_refuses_members_the_target_never_trained_on(study: Study, tmp_path: Path) -> None:
+    # The shadows' design lists all 24 training images as the teacher's members; a teacher fitted on half of them
+    # (train_fractions [0.5]) records 12 ids, so 12 "members" are in fact non-members: refused, not scored.
+    config = yaml.safe_load(_teacher_config(tmp_path / "half.yaml", study.data).read_text())
+    config["data"]["init_args"]["train_fractions"] = [0.5]
+    (tmp_path / "half.yaml").write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(tmp_path / "half.yaml"), *_run(tmp_path, "half")])
+    half = tmp_path / "runs" / "t" / "half"
+    assert len((half / "trained_ids.txt").read_text().split()) == 12
+    with pytest.raises(ValueError, match=r"trained on 12 examples .* 12 of the 24 members in .*target_members.txt"):
+        main(["attack", str(study.shadows), str(tmp_path / "a"), "--target_checkpoint", str(half)])
+    assert not (tmp_path / "a" / "metrics.json").exists()
+    # A control must have trained on none of the members: the full teacher trained on all 24.
+    with pytest.raises(ValueError, match=r"attacked as a control .* trained on 24 of the 24 members"):
+        main(
+            [
+                "attack",
+                str(study.shadows),
+                str(tmp_path / "b"),
+                "--target_checkpoint",
+                str(study.teacher),
+                "--control",
+                "true",
+            ]
+        )
+    # A control fitted on other images is accepted. Ids are '<train root index>/<class>/<file name>', so the
+    # control's files get names of their own (the bundled datasets name files by their global index).
+    for image in (study.data / "val").rglob("*.png"):
+        target = tmp_path / "other" / image.parent.name / f"other-{image.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, target)
+    config["data"]["init_args"].update(
+        train_roots=str(tmp_path / "other"), train_fractions=None, val_root=None, val_fraction=0.25
+    )
+    (tmp_path / "control.yaml").write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(tmp_path / "control.yaml"), *_run(tmp_path, "control")])
+    main(
+        [
+            "attack",
+            str(study.shadows),
+            str(tmp_path / "c"),
+            "--target_checkpoint",
+            str(tmp_path / "runs/t/control"),
+            "--control",
+            "true",
+            "--attacks",
+            "[global]",
+            "--resamples",
+            "100",
+        ]
+    )
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["settings"]["control"] is True
 
 
 def test_attack_refuses_a_target_with_other_classes(study: Study, tmp_path: Path) -> None:
