@@ -82,3 +82,35 @@ def test_recipe_presets_compose_with_a_study_config(
         main(["fit", *configs, "--print_config"])
     assert exit_info.value.code == 0
     assert expected in capsys.readouterr().out
+
+
+def test_online_wandb_without_a_key_stops_a_fit_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 10: `--trainer.logger.init_args.offline false` without credentials is one line, before the run folder."""
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("SYNTHPRIV_DEBUG", raising=False)
+    argv = [
+        "synthpriv",
+        "fit",
+        "--config",
+        str(ROOT / "configs/quickstart/teacher.yaml"),
+        "--config",
+        str(ROOT / "configs/logger/wandb.yaml"),
+        "--trainer.logger.init_args.offline",
+        "false",
+        "--run.name",
+        "online",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    message = str(exit_info.value.code)
+    assert message.startswith("synthpriv: error: synthpriv fit (trainer.logger WandbLogger): WANDB_MODE=online")
+    assert "no W&B API key" in message and "\n" not in message
+    assert not (tmp_path / "runs").exists()

@@ -23,6 +23,7 @@ CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 
 def configure_run(cfg: Namespace, subcommand: str) -> Path:
     """Resolve the run folder of one subcommand's config in place and return it."""
+    _check_wandb_credentials(cfg.trainer.get("logger"), subcommand)
     model_class = str(cfg.model.class_path) if cfg.get("model") and cfg.model.get("class_path") else "model"
     options = RunOptions(**cfg.run.as_dict()) if isinstance(cfg.run, Namespace) else cfg.run
     run_dir = run_directory(options, model_class.rsplit(".", 1)[-1].lower())
@@ -36,6 +37,16 @@ def configure_run(cfg: Namespace, subcommand: str) -> Path:
     cfg.trainer.default_root_dir = str(run_dir)
     cfg.trainer.logger = _configure_loggers(cfg.trainer.get("logger"), run_dir, options, subcommand, cfg.ckpt_path)
     return run_dir
+
+
+def _check_wandb_credentials(logger: Any, subcommand: str) -> None:
+    """Before any work: a W&B logger set online (``offline: false``) needs an API key (one-line error)."""
+    from tools.wandb_check import require_wandb_credentials
+
+    for item in logger if isinstance(logger, list) else [logger]:
+        if isinstance(item, Namespace) and str(item.get("class_path", "")).endswith("WandbLogger"):
+            if (item.get("init_args") or Namespace()).get("offline") is False:
+                require_wandb_credentials(f"synthpriv {subcommand} (trainer.logger WandbLogger)", default_mode="online")
 
 
 def _configure_loggers(logger: Any, run_dir: Path, options: RunOptions, subcommand: str, ckpt_path: str | None) -> Any:
