@@ -72,10 +72,31 @@ def attack_metrics(scores: np.ndarray, is_member: np.ndarray, fprs: Sequence[flo
 
 
 def aop(accuracy_pct: float, auc_pct: float) -> float:
-    """TCKR's Accuracy Over Privacy: accuracy x (50 / AUC_MIA)^2, both in percent (``seeds.md`` §3.4)."""
-    if auc_pct <= 0:
-        raise ValueError(f"AUC_MIA must be positive (in percent); got {auc_pct}")
-    return accuracy_pct * (50.0 / auc_pct) ** 2
+    """TCKR's Accuracy Over Privacy: accuracy x (50 / AUC_MIA)^2, both in percent (``seeds.md`` §3.4).
+
+    An AUC_MIA below 50 % is an attack pointing the wrong way: flipping its scores gives 100 - AUC, so the
+    leakage is measured on the attack's better side, max(AUC, 100 - AUC), and AOP never exceeds the accuracy
+    (TCKR's formula alone gave 156.67 at AUC 39 %). Reports flag such rows (``auc_below_chance``).
+
+    Raises:
+        ValueError: accuracy outside [0, 100] or AUC outside (0, 100] (percent, not fractions).
+    """
+    if not 0 <= accuracy_pct <= 100:
+        raise ValueError(f"accuracy must be in percent, in [0, 100]; got {accuracy_pct}")
+    if not 0 < auc_pct <= 100:
+        raise ValueError(f"AUC_MIA must be in percent, in (0, 100]; got {auc_pct}")
+    return accuracy_pct * (50.0 / max(auc_pct, 100.0 - auc_pct)) ** 2
+
+
+def aop_interval(accuracy_pct: float, auc_low_pct: float, auc_high_pct: float) -> list[float]:
+    """AOP's range over an AUC_MIA interval with the accuracy held fixed ([low, high]).
+
+    AOP peaks at AUC 50 % (it equals the accuracy there) and falls on both sides, so an interval that holds 50 %
+    tops out at the accuracy.
+    """
+    ends = [aop(accuracy_pct, max(auc_low_pct, 1e-9)), aop(accuracy_pct, auc_high_pct)]
+    top = accuracy_pct if auc_low_pct <= 50 <= auc_high_pct else max(ends)
+    return [min(ends), top]
 
 
 def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:

@@ -189,7 +189,11 @@ def test_grayscale_and_rgba_become_three_channels(tmp_path: Path, mode: str) -> 
     assert image.shape == (3, 16, 16)
     assert image.dtype == torch.float32
     with Image.open(ds.samples[0].path) as img:
-        expected = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        pixels = np.asarray(img.convert("RGBA" if mode == "RGBA" else "RGB"), dtype=np.float64)
+    if mode == "RGBA":  # composited over white: c * a + 255 * (1 - a), a in [0, 1]
+        alpha = pixels[..., 3:] / 255.0
+        pixels = np.round(pixels[..., :3] * alpha + 255.0 * (1 - alpha))
+    expected = (pixels / 255.0).astype(np.float32)
     torch.testing.assert_close(image, torch.from_numpy(expected).permute(2, 0, 1))
     if mode == "L":
         assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])

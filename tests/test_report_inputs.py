@@ -417,3 +417,49 @@ def test_feature_report_lira_columns_carry_intervals_seeds_and_unsupported(tmp_p
     assert METHOD in table and "ddof=1" in table
     with pytest.raises(ValueError, match=r"entry 'x' attack_dir: attack must be one of"):
         _lira(FeatureEntry("x", "p", attack="lira"), str(real), "attack_dir")  # type: ignore[arg-type]
+
+
+# ---- issue 11 item 7: one checkpoint per row; AOP below chance ---------------------------------------------
+def test_accuracy_must_be_the_attacked_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ckpts = Path("runs/s/teacher/checkpoints")
+    ckpts.mkdir(parents=True)
+    for name in ("best-epoch003.ckpt", "last.ckpt"):
+        (ckpts / name).write_bytes(b"x")
+    test = Path("runs/s/teacher/test")
+    test.mkdir()
+    # The attack queried last.ckpt; the run was tested with its best checkpoint.
+    folder = write_attack(Path("attack"), target_checkpoint=str(ckpts / "last.ckpt"))
+    (test / "metrics.json").write_text(
+        json.dumps({"ckpt_path": str(ckpts / "best-epoch003.ckpt"), "metrics": {"test/acc": 0.9}})
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"the attack queried .*last.ckpt but .*metrics.json holds the test of "
+        r".*best-epoch003.ckpt",
+    ):
+        privacy_report("r", [ReportEntry("teacher", str(folder))])
+    assert not Path("r").exists()
+    # Tested with the attacked checkpoint: the row uses that accuracy.
+    (test / "metrics.json").write_text(
+        json.dumps({"ckpt_path": str(ckpts / "last.ckpt"), "metrics": {"test/acc": 0.9}})
+    )
+    privacy_report("r", [ReportEntry("teacher", str(folder))])
+    assert _rows(Path("r"))["teacher"]["accuracy_pct"] == pytest.approx(90.0)
+
+
+def test_aop_uses_the_attacks_better_side_below_chance(tmp_path: Path) -> None:
+    # AUC 39 %: TCKR's formula gives 94 x (50/39)^2 = 154.5 > accuracy; the better side is 61 %:
+    # AOP = 94 x (50/61)^2 = 63.16, flagged. Its interval over AUC [37, 41] % mirrors to [59, 63] %.
+    folder = write_attack(tmp_path / "a", auc=0.39, auc_ci=(0.37, 0.41))
+    privacy_report(str(tmp_path / "r"), [ReportEntry("weird", str(folder), accuracy=0.94)])
+    row = _rows(tmp_path / "r")["weird"]
+    assert row["aop"] == pytest.approx(94 * (50 / 61) ** 2) and round(row["aop"], 2) == 63.16
+    assert row["auc_below_chance"] is True
+    assert row["aop_ci95"] == pytest.approx([94 * (50 / 63) ** 2, 94 * (50 / 59) ** 2])
+    table = (tmp_path / "r" / "report.md").read_text()
+    assert "39.00 [37.00, 41.00] †" in table and "max(AUC, 100 - AUC)" in table
+    # An interval holding 50 % tops out at the accuracy (AOP peaks there).
+    folder = write_attack(tmp_path / "b", auc=0.51, auc_ci=(0.49, 0.53))
+    privacy_report(str(tmp_path / "r2"), [ReportEntry("chance", str(folder), accuracy=0.8)])
+    assert _rows(tmp_path / "r2")["chance"]["aop_ci95"] == pytest.approx([80 * (50 / 53) ** 2, 80.0])

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from privacy.metrics import aop, plot_roc
+from privacy.metrics import aop, aop_interval, plot_roc
 from tools.files import write_json_atomic, write_text_atomic
 from tools.report_inputs import (
     ATTACK_LABELS,
@@ -105,6 +105,7 @@ def _accuracy(
                 f"{err}; run `synthpriv test` on that run, or give accuracy / test_metrics, or accuracy: none"
             ) from None
     record = read_json_object(path, f"{what} test_metrics")
+    _check_same_checkpoint(what, path, record.get("ckpt_path"), figures["target_checkpoint"])
     flat = record.get("metrics", record)
     if not isinstance(flat, dict):
         raise ValueError(f"{what}: {path} 'metrics' must be an object; found {type(flat).__name__}")
@@ -112,6 +113,24 @@ def _accuracy(
     if key not in flat:
         raise ValueError(f"{what}: {path} has no {key!r} (keys {sorted(flat)[:8]}); set accuracy_key")
     return check_fraction(flat[key], f"{what}: {path} {key!r}"), str(path)
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two checkpoint paths name one file (resolved when both exist, else by run folder and name)."""
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return (pa.name, pa.parent.parent.name) == (pb.name, pb.parent.parent.name)
+
+
+def _check_same_checkpoint(what: str, path: Path, tested: Any, attacked: Any) -> None:
+    """The accuracy must be the attacked checkpoint's: refuse a test of another one (best vs last)."""
+    if tested and attacked and not _same_file(str(tested), str(attacked)):
+        raise ValueError(
+            f"{what}: the attack queried {attacked} but {path} holds the test of {tested}; the row would mix two "
+            f"checkpoints. Test the attacked one (synthpriv test ... --ckpt_path {attacked}), attack the tested one, "
+            "or give the accuracy explicitly"
+        )
 
 
 @dataclass
@@ -139,8 +158,9 @@ def _seed_row(
         "accuracy_pct": None if acc is None else 100 * acc,
         **figures,
         "aop": None if acc is None else aop(100 * acc, auc),
-        # AOP falls as AUC_MIA rises: its interval is AOP at the AUC interval's ends, accuracy held fixed.
-        "aop_ci95": None if acc is None or low <= 0 else [aop(100 * acc, high), aop(100 * acc, low)],
+        # AOP over the AUC interval with the accuracy held fixed (it peaks at AUC 50 %).
+        "aop_ci95": None if acc is None else aop_interval(100 * acc, low, high),
+        "auc_below_chance": auc < 50,
     }
 
 
@@ -165,7 +185,9 @@ def _row(entry: ReportEntry) -> tuple[dict[str, Any], Any]:
     for seed in seeds[1:]:
         seed.pop("curve")
     head = {"label": entry.label, "attack": ATTACK_LABELS[entry.attack], "attack_name": entry.attack}
-    return {**head, **aggregate_seeds(seeds, FIGURES)}, curve
+    row = {**head, **aggregate_seeds(seeds, FIGURES)}
+    row["auc_below_chance"] = any(seed["auc_below_chance"] for seed in seeds)
+    return row, curve
 
 
 def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
@@ -181,7 +203,8 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
         setting = f"K={r['shadows']}" + (f", {r['setting']}" if r.get("setting") else "")
         lines.append(
             f"| {md_escape(r['label'])} | {figure_cell(r, 'accuracy_pct')} | "
-            f"{figure_cell(r, 'auc_mia_pct', 'auc_mia_ci95_pct')} | {tpr_cell(r, 0.001)} | {tpr_cell(r, 0.01)} | "
+            f"{figure_cell(r, 'auc_mia_pct', 'auc_mia_ci95_pct')}{' †' if r['auc_below_chance'] else ''} | "
+            f"{tpr_cell(r, 0.001)} | {tpr_cell(r, 0.01)} | "
             f"{figure_cell(r, 'aop', 'aop_ci95')} | {md_escape(r['attack'])} ({setting}) |"
         )
     lines += [
@@ -191,6 +214,12 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
         "interval is AOP at the ends of the AUC_MIA interval with the accuracy held fixed, so it leaves out the "
         "accuracy's own sampling error. –: the entry gives no accuracy (accuracy: none).",
     ]
+    if any(r["auc_below_chance"] for r in rows):
+        lines.append(
+            "†: AUC_MIA below 50 %: the attack ranks members below non-members. AOP then uses the attack's better "
+            "side, max(AUC, 100 - AUC), so it never exceeds the accuracy; check the attack's inputs (report.json: "
+            "auc_below_chance)."
+        )
     return "\n".join(lines) + "\n"
 
 
