@@ -21,7 +21,7 @@ from lightning_modules import ImageClassifier, ShadowEnsemble
 from lightning_modules.networks import build_backbone
 from privacy.membership import balanced_mask, ids_hash
 from tools.attack import load_shadows
-from tools.target_logits import load_run_datamodule, resolve_target_checkpoint
+from tools.target_logits import check_target_trained_on, load_run_datamodule, resolve_target_checkpoint
 
 K, N, Q, C = 4, 48, 2, 3  # 4 shadows; train + test of tiny_dataset; mirror queries; 3 classes
 TRAINER = {
@@ -286,9 +286,15 @@ def test_attack_refuses_members_the_target_never_trained_on(study: Study, tmp_pa
     main(["fit", "--config", str(tmp_path / "half.yaml"), *_run(tmp_path, "half")])
     half = tmp_path / "runs" / "t" / "half"
     assert len((half / "trained_ids.txt").read_text().split()) == 12
-    with pytest.raises(ValueError, match=r"trained on 12 examples .* 12 of the 24 members in .*target_members.txt"):
+    # The attack compares the two runs' data settings first, which names the cause ...
+    with pytest.raises(ValueError, match=r"data.init_args.train_fractions: \[0.5\] -> null"):
         main(["attack", str(study.shadows), str(tmp_path / "a"), "--target_checkpoint", str(half)])
     assert not (tmp_path / "a" / "metrics.json").exists()
+    # ... and the ids the fit recorded back it up whatever the configs say (e.g. files changed on disk).
+    members_file = study.run_dir / "membership" / "target_members.txt"
+    members = members_file.read_text().split()
+    with pytest.raises(ValueError, match=r"trained on 12 examples .* 12 of the 24 members in .*target_members.txt"):
+        check_target_trained_on(str(half / "checkpoints" / "last.ckpt"), members, str(members_file))
     # A control must have trained on none of the members: the full teacher trained on all 24.
     with pytest.raises(ValueError, match=r"attacked as a control .* trained on 24 of the 24 members"):
         main(
@@ -335,7 +341,7 @@ def test_attack_refuses_a_target_with_other_classes(study: Study, tmp_path: Path
     two = tiny_dataset(tmp_path / "two", {"ant": 4, "bee": 4})
     main(["fit", "--config", str(_teacher_config(tmp_path / "t2.yaml", two)), *_run(tmp_path, "two")])
     ckpt = tmp_path / "runs" / "t" / "two" / "checkpoints" / "last.ckpt"
-    with pytest.raises(ValueError, match="2 classes but the shadows have 3"):
+    with pytest.raises(ValueError, match=r"class names \['ant', 'bee'\] -> \['ant', 'bee', 'cow'\]"):
         main(["attack", str(study.shadows), str(tmp_path / "mia"), "--target_checkpoint", str(ckpt)])
     assert not (tmp_path / "mia" / "metrics.json").exists()
 
