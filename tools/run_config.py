@@ -22,14 +22,21 @@ CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 
 
 def configure_run(cfg: Namespace, subcommand: str) -> Path:
-    """Resolve the run folder of one subcommand's config in place and return it."""
+    """Resolve the run folder of one subcommand's config in place and return it.
+
+    For `fit` this applies the no-clobber rule (tools/run_dirs.prepare_fit: a failed start is moved aside to
+    ``failed-start-N/``; a resume of a finished run with nothing left to train is announced and changes nothing;
+    one that early stopping ended is refused) before anything is written.
+    """
     _check_wandb_credentials(cfg.trainer.get("logger"), subcommand)
     model_class = str(cfg.model.class_path) if cfg.get("model") and cfg.model.get("class_path") else "model"
     options = RunOptions(**cfg.run.as_dict()) if isinstance(cfg.run, Namespace) else cfg.run
     run_dir = run_directory(options, model_class.rsplit(".", 1)[-1].lower())
     cfg.run.name = run_dir.name  # the saved config names the run explicitly
     if subcommand == "fit":
-        cfg.ckpt_path = prepare_fit(run_dir, options.if_exists, cfg.get("ckpt_path"))
+        trainer = cfg.trainer
+        limits = {key: trainer.get(key) for key in ("max_epochs", "max_steps", "max_time")}
+        cfg.ckpt_path = prepare_fit(run_dir, options.if_exists, cfg.get("ckpt_path"), **limits)
     else:
         cfg.ckpt_path = resolve_checkpoint(run_dir, cfg.get("ckpt_path"))
     if is_primary_process():

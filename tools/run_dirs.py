@@ -1,10 +1,40 @@
-"""Run directories ``<root>/<study>/<name>/``: naming, the no-clobber rule, resume and checkpoint lookup."""
+"""Run directories ``<root>/<study>/<name>/``: naming, the no-clobber rule, resume and checkpoint lookup.
+
+What ``fit`` does with an existing run folder (``prepare_fit``; nothing is ever deleted or overwritten):
+
+- **empty or new**: a fresh fit (``--ckpt_path last`` on a folder without a fit is an error: nothing to resume).
+- **failed start**: the folder holds a fit's config (``config.yaml``, ``config.resume*.yaml``, ``trained_ids.*`` or
+  ``wandb_run_id.txt``) but no checkpoint in ``checkpoints/`` and no ``fit_summary.json``: the fit failed before
+  its first checkpoint. Any fit into it (new, ``--run.if_exists resume`` or ``--ckpt_path last``) moves everything
+  in the folder except earlier ``failed-start-N/`` folders into the next free ``failed-start-N/`` (config.yaml
+  last), prints one line saying so and starts fresh; so the leftover config and trained ids do not count as a
+  run to resume (no option comparison, no trained-ids check against them).
+- **interrupted**: checkpoints but no ``fit_summary.json`` newer than them: a new fit is refused (resume with
+  ``--ckpt_path last`` / ``--run.if_exists resume``).
+- **finished**: ``fit_summary.json`` describes the checkpoint resumed from (its global step is at least the
+  checkpoint's). A new fit is refused. A resume whose limits leave nothing to train (the checkpoint reached
+  ``--trainer.max_epochs`` or ``max_steps``) prints one line saying so and changes nothing: Lightning returns at
+  once, RunDirectory writes no ``config.resume.N.yaml`` and keeps ``fit_summary.json`` byte for byte (it used to
+  rewrite it with empty metrics). A resume of a run that early stopping ended is refused (it would train an
+  epoch and stop again). Raising ``max_epochs`` resumes, and callbacks/run_dir.py keeps the earlier summary as
+  ``fit_summary.N.json``.
+- **running**: ``fit.running.json`` (written by RunDirectory while a fit runs, removed when it ends or fails)
+  names a live process on this host, or another host: any fit into the folder is refused.
+- ``--ckpt_path <file>`` from another run into a folder that holds a fit is refused (its checkpoints would be
+  overwritten); a file inside the folder's own ``checkpoints/`` is a resume like ``last``.
+
+Under DDP only rank zero moves files or refuses a folder by its contents (is_primary_process): the other ranks
+decide which checkpoint to resume from ``checkpoints/`` alone, which a failed start's move never touches, and
+they read the folder's other files (trained ids) only after the process group is up, that is after rank zero
+has finished moving. The finished-run check reads files no fit has changed yet, so every rank decides alike.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,6 +43,10 @@ import torch
 
 CHECKPOINT_DIR = "checkpoints"
 FIT_SUMMARY = "fit_summary.json"
+FAILED_START = "failed-start"
+RUNNING_MARKER = "fit.running.json"
+# Files only a fit writes: one of them without a checkpoint or a summary marks a failed start.
+FIT_CONFIG_FILES = ("config.yaml", "config.resume.yaml", "trained_ids.txt", "trained_ids.json", "wandb_run_id.txt")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -25,7 +59,8 @@ class RunOptions:
         study: study name (first folder level), e.g. quickstart, tckr, cvae.
         name: run name (second level); default the model class name in lower case.
         if_exists: what `fit` does when the run folder already holds a fit: 'error' stops with a message,
-            'resume' continues from checkpoints/last.ckpt (or starts fresh when there is none yet).
+            'resume' continues from checkpoints/last.ckpt (or starts fresh when there is none yet). Either way a
+            failed start (a config but no checkpoint) is moved aside to ``failed-start-N/`` and the fit starts fresh.
         allow_changes: let a resumed fit run with options that differ from the run's saved config (otherwise
             refused, listing each key); the optimizer settings and the schedule are then rebuilt from the new
             options at the current epoch, as if the run had used them from the start (tools/resume_changes.py).
@@ -60,35 +95,221 @@ def run_directory(options: RunOptions, default_name: str) -> Path:
     return Path(options.root) / options.study / name
 
 
-def holds_fit(run_dir: Path) -> bool:
-    """Whether an earlier fit wrote into ``run_dir`` (its config or any checkpoint)."""
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """The ``*.ckpt`` files in ``run_dir/checkpoints``."""
     ckpts = run_dir / CHECKPOINT_DIR
-    return (run_dir / "config.yaml").exists() or (ckpts.is_dir() and any(ckpts.glob("*.ckpt")))
+    return sorted(ckpts.glob("*.ckpt")) if ckpts.is_dir() else []
 
 
-def prepare_fit(run_dir: Path, if_exists: str, ckpt_path: str | None) -> str | None:
-    """Apply the no-clobber rule for `fit`; return the checkpoint to resume from (or the user's own path)."""
+def holds_fit(run_dir: Path) -> bool:
+    """Whether an earlier fit wrote into ``run_dir`` (its config, any checkpoint or its summary)."""
+    return (run_dir / "config.yaml").exists() or bool(checkpoint_files(run_dir)) or (run_dir / FIT_SUMMARY).exists()
+
+
+def is_failed_start(run_dir: Path) -> bool:
+    """A fit's config files (``FIT_CONFIG_FILES``, ``config.resume.N.yaml``) without any checkpoint or summary."""
+    if checkpoint_files(run_dir) or (run_dir / FIT_SUMMARY).exists():
+        return False
+    return any((run_dir / name).exists() for name in FIT_CONFIG_FILES) or any(run_dir.glob("config.resume.*.yaml"))
+
+
+def move_failed_start(run_dir: Path) -> Path:
+    """Move everything in ``run_dir`` except earlier ``failed-start-N/`` folders into the next free one.
+
+    ``config.yaml`` moves last, so until the move is complete the folder still reads as a failed start.
+    """
+    n = 1
+    while True:
+        aside = run_dir / f"{FAILED_START}-{n}"
+        try:
+            aside.mkdir()  # atomic: two movers never share a folder
+            break
+        except FileExistsError:
+            n += 1
+    entries = [e for e in run_dir.iterdir() if not re.fullmatch(rf"{FAILED_START}-\d+", e.name)]
+    for entry in sorted(entries, key=lambda e: e.name == "config.yaml"):
+        entry.rename(aside / entry.name)
+    return aside
+
+
+def mark_running(run_dir: Path) -> None:
+    """Write ``fit.running.json`` (host, pid): a fit is running in ``run_dir`` (rank zero, at fit setup)."""
+    from tools.files import write_json_atomic
+
+    write_json_atomic(run_dir / RUNNING_MARKER, {"host": socket.gethostname(), "pid": os.getpid()})
+
+
+def clear_running(run_dir: Path) -> None:
+    """Remove this process's ``fit.running.json`` (when its fit ends or fails)."""
+    marker = run_dir / RUNNING_MARKER
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return
+    if info.get("host") == socket.gethostname() and info.get("pid") == os.getpid():
+        marker.unlink(missing_ok=True)
+
+
+def running_fit(run_dir: Path) -> str | None:
+    """Which process ``fit.running.json`` says is fitting in ``run_dir``; None when none is (or it is this one,
+    or a process of this host that no longer exists)."""
+    marker = run_dir / RUNNING_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return "unreadable marker"
+    host, pid = info.get("host"), info.get("pid")
+    if host == socket.gethostname() and isinstance(pid, int):
+        if pid == os.getpid() or not _process_alive(pid):
+            return None
+        return f"pid {pid} on this host"
+    return f"pid {pid} on host {host}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prepare_fit(
+    run_dir: Path,
+    if_exists: str,
+    ckpt_path: str | None,
+    max_epochs: int | None = None,
+    max_steps: int | None = -1,
+    max_time: object = None,
+) -> str | None:
+    """Apply the no-clobber rule for `fit` (module docstring); return the checkpoint to resume from, or None.
+
+    ``max_epochs`` / ``max_steps`` / ``max_time`` are the fit's trainer limits: a resume of a finished run that
+    they leave nothing to train is refused.
+    """
     last = run_dir / CHECKPOINT_DIR / "last.ckpt"
-    wants_resume = ckpt_path == "last" or (ckpt_path is None and if_exists == "resume")
-    if ckpt_path not in (None, "last"):
-        return ckpt_path  # an explicit checkpoint file: Lightning validates it
-    if wants_resume:
+    primary = is_primary_process()
+    limits = (max_epochs, max_steps, max_time)
+    if primary and (running := running_fit(run_dir)):
+        marker = run_dir / RUNNING_MARKER
+        raise RunExistsError(
+            f"{run_dir}: a fit is still running in it ({running}, {marker}); wait for it to end or choose another "
+            f"--run.name (if that process is gone, delete {marker} and rerun)"
+        )
+    if primary and is_failed_start(run_dir):
+        aside = move_failed_start(run_dir)
+        print(
+            f"synthpriv fit: {run_dir} holds a failed start (a config but no checkpoint): moved its files to "
+            f"{aside} and starting a fresh fit",
+            flush=True,
+        )
+        return None if ckpt_path in (None, "last") else ckpt_path
+    if ckpt_path not in (None, "last"):  # an explicit checkpoint file: Lightning validates it
+        own = Path(ckpt_path).resolve().parent == (run_dir / CHECKPOINT_DIR).resolve()
+        if primary and holds_fit(run_dir) and not own:
+            raise RunExistsError(
+                f"{run_dir} already holds a fit, whose checkpoints a fit from {ckpt_path} would overwrite; choose "
+                "another --run.name for it (synthpriv never overwrites an earlier run)"
+            )
+        if own and Path(ckpt_path).is_file():
+            _check_finished(run_dir, Path(ckpt_path), *limits)
+        return ckpt_path
+    if ckpt_path == "last" or if_exists == "resume":
         if last.is_file():
+            _check_finished(run_dir, last, *limits)
             return str(last)
-        if ckpt_path == "last" and is_primary_process():
+        if ckpt_path == "last" and primary:
             raise FileNotFoundError(f"--ckpt_path last: {last} does not exist, so there is nothing to resume")
-        if holds_fit(run_dir) and is_primary_process():
+        if holds_fit(run_dir) and primary:
             raise RunExistsError(
                 f"{run_dir} holds an earlier fit without checkpoints/last.ckpt, so it cannot be resumed; "
-                "delete the folder or choose another --run.name"
+                "choose another --run.name (or move the folder aside)"
             )
         return None
-    if is_primary_process() and holds_fit(run_dir):
+    if primary and holds_fit(run_dir):
+        if (run_dir / FIT_SUMMARY).is_file():
+            raise RunExistsError(
+                f"{run_dir} already holds a finished fit ({FIT_SUMMARY}); choose another --run.name, or to train "
+                "it further resume it with --ckpt_path last and a higher --trainer.max_epochs; synthpriv never "
+                "overwrites an earlier run"
+            )
         raise RunExistsError(
             f"{run_dir} already holds a fit run. Resume it with --ckpt_path last (or --run.if_exists resume), "
             "or choose another --run.name; synthpriv never overwrites an earlier run"
         )
     return None
+
+
+def finished_reason(
+    run_dir: Path, checkpoint: Path, max_epochs: int | None, max_steps: int | None, max_time: object = None
+) -> tuple[str, str, bool] | None:
+    """Whether resuming ``run_dir`` from ``checkpoint`` continues a finished fit that has nothing left to train:
+    (what was found, what to do, whether to refuse) or None.
+
+    Finished: ``fit_summary.json`` exists and its global step is at least the checkpoint's (the summary describes
+    that state, not an earlier one that a crashed resume went past). Nothing left: Lightning's own stop rule
+    (``_FitLoop.done``) for the checkpoint's epochs/steps under the new limits (``max_epochs`` None means 1000
+    unless ``max_steps`` or ``max_time`` is set): Lightning returns at once from such a fit and still calls
+    ``on_fit_end``, with no metrics (not refused: the fit changes nothing). Or an EarlyStopping state in the
+    checkpoint that stopped the fit: Lightning would train at least one more epoch (refused).
+    """
+    summary_path = run_dir / FIT_SUMMARY
+    if not summary_path.is_file():
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{summary_path} is not valid JSON ({err}); cannot tell whether the run finished") from err
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    step = int(state.get("global_step", 0))
+    if not isinstance(summary.get("global_step"), int) or summary["global_step"] < step:
+        return None
+    epochs = _epochs_done(state)
+    steps_limit = -1 if max_steps is None else int(max_steps)
+    if max_epochs is None:
+        max_epochs = 1000 if steps_limit == -1 and max_time is None else -1
+    if steps_limit != -1 and step >= steps_limit:
+        return f"already reached --trainer.max_steps {steps_limit}", "raise --trainer.max_steps to train more", False
+    if max_epochs != -1 and epochs >= max_epochs:
+        hint = "raise --trainer.max_epochs (with --run.allow_changes true if the schedule depends on it) to train more"
+        return f"already finished at epoch {epochs}", hint, False
+    for key, value in (state.get("callbacks") or {}).items():
+        if key.startswith("EarlyStopping") and isinstance(value, dict):
+            if value.get("stopping_reason") not in (None, 0) or (value.get("stopped_epoch") or 0) > 0:
+                return f"was ended by early stopping at epoch {epochs}", "a resume would stop again", True
+    return None
+
+
+def _check_finished(
+    run_dir: Path, checkpoint: Path, max_epochs: int | None, max_steps: int | None, max_time: object
+) -> None:
+    """Refuse (every rank) or announce (rank zero) a resume of a finished fit that has nothing left to train."""
+    reason = finished_reason(run_dir, checkpoint, max_epochs, max_steps, max_time)
+    if reason is None:
+        return
+    what, hint, refuse = reason
+    if refuse:
+        raise RunExistsError(
+            f"{run_dir} {what} ({FIT_SUMMARY}); nothing to resume: {hint}, or choose another --run.name"
+        )
+    if is_primary_process():
+        print(
+            f"synthpriv fit: {run_dir} {what} ({FIT_SUMMARY} kept as it is); nothing to train, this fit changes "
+            f"nothing: {hint}, or choose another --run.name",
+            flush=True,
+        )
+
+
+def _epochs_done(state: dict) -> int:
+    """Epochs a checkpoint has finished, as Lightning's fit loop counts them (``epoch_progress.current.processed``)."""
+    try:
+        return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return int(state.get("epoch", 0)) + 1
 
 
 def resolve_checkpoint(run_dir: Path, ckpt_path: str | None) -> str | None:
