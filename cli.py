@@ -1,26 +1,29 @@
-"""synthpriv command line: fit/validate/test/predict through LightningCLI, tools through jsonargparse."""
+"""synthpriv command line: fit/validate/test/predict through LightningCLI, tools through jsonargparse.
+
+This module stays light so that `synthpriv --help` and the tools start in well under two seconds: Lightning,
+torch and the models are imported only for the training commands (``tools.training_cli``), and a tool's
+module only when that tool runs.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from typing import Any
+from argparse import ArgumentError
+from typing import TYPE_CHECKING, Any
 
-from lightning import LightningDataModule, LightningModule
-from lightning.pytorch.cli import ArgsType, LightningCLI
-
-import callbacks  # noqa: F401  (imported so configs can use short class names)
-import datamodules  # noqa: F401
-import lightning_modules  # noqa: F401
-from callbacks.run_dir import RunDirectory
+from tools.cli_errors import CommandLineError, flatten, one_line, suggestion
 from tools.commands import TOOLS, run_tool
-from tools.resume_changes import check_resume_changes
-from tools.run_config import configure_run, ensure_checkpointing
-from tools.run_dirs import RunExistsError, RunOptions
 
-# Errors raised for bad user input (paths, configs, data); anything else keeps its traceback.
-INPUT_ERRORS = (RunExistsError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, OSError)
+if TYPE_CHECKING:
+    from tools.training_cli import SynthPrivCLI
+
+__all__ = ["INPUT_ERRORS", "OVERVIEW", "SynthPrivCLI", "main"]
+
+# Errors raised for bad user input (paths, configs, data); anything else keeps its traceback. Training
+# commands add tools.run_dirs.RunExistsError (see _input_errors).
+INPUT_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, OSError, ArgumentError)
+TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
 OVERVIEW = """usage: synthpriv <command> [options]   (synthpriv <command> --help for each)
 
 training (LightningCLI; --config YAML files, --print_config):
@@ -34,76 +37,66 @@ tools:
   feature-report   the CVAE study's table: probe AUROC per noise level, distance audits, LiRA; plots
 
 Outputs go to runs/<study>/<name>/ (--run.study, --run.name).
+Errors are one line; SYNTHPRIV_DEBUG=1 shows the full message and traceback.
 """
 
 
-class SynthPrivCLI(LightningCLI):
-    """LightningCLI in subclass mode for models and data, with synthpriv run folders."""
+def __getattr__(name: str) -> Any:
+    """``cli.SynthPrivCLI`` imports the training machinery on first use."""
+    if name == "SynthPrivCLI":
+        from tools.training_cli import SynthPrivCLI
 
-    def __init__(self, args: ArgsType = None, run: bool = True) -> None:
-        self.run_dir: Path | None = None
-        super().__init__(
-            LightningModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=RunDirectory,
-            auto_configure_optimizers=False,  # every synthpriv model owns configure_optimizers
-            seed_everything_default=0,
-            args=args,
-            run=run,
-        )
-
-    def add_arguments_to_parser(self, parser: Any) -> None:
-        """Run-folder options and the data -> model links."""
-        parser.add_class_arguments(RunOptions, "run")
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
-        parser.link_arguments("data.input_size", "model.init_args.image_size", apply_on="instantiate")
-        # Feature-vector data only; jsonargparse skips a link whose source or target does not exist.
-        parser.link_arguments("data.feature_dim", "model.init_args.feature_dim", apply_on="instantiate")
-
-    def parse_arguments(self, parser: Any, args: ArgsType) -> None:
-        """Parse, then point the subcommand's config at its run folder (before the checkpoint is read)."""
-        super().parse_arguments(parser, args)
-        subcommand = self.config.get("subcommand")
-        if subcommand:
-            self.run_dir = configure_run(self.config[subcommand], subcommand)
-        if subcommand == "fit":  # changed options on resume: refused, or handed to RunDirectory to apply
-            changes = check_resume_changes(self._parser(subcommand), self.config[subcommand], self.run_dir)
-            self.save_config_kwargs["resume_changes"] = changes
-
-    def _parse_ckpt_path(self) -> None:
-        """Lightning replaces the model options with a checkpoint's hyperparameters; a fit runs with its own config
-        instead (on resume compared with the run's saved one at parse time: refused or applied, see above)."""
-        if self.config.get("subcommand") != "fit":
-            super()._parse_ckpt_path()
-
-    def _instantiate_trainer(self, config: dict[str, Any], extra_callbacks: list[Any]) -> Any:
-        enabled = config.get("enable_checkpointing") is not False and not config.get("fast_dev_run")
-        if self.run_dir is not None:
-            config["callbacks"] = ensure_checkpointing(config.get("callbacks"), self.run_dir, enabled)
-        return super()._instantiate_trainer(config, extra_callbacks)
+        return SynthPrivCLI
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def main(args: ArgsType = None) -> None:
+def main(args: list[str] | None = None) -> None:
     """Entry point of the `synthpriv` console script.
 
     From the shell, input errors end with a one-line message (SYNTHPRIV_DEBUG=1 shows the traceback);
     called with ``args`` (tests, scripts) they propagate as exceptions.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    shell = args is None and not os.environ.get("SYNTHPRIV_DEBUG")
     try:
         if argv and argv[0] in TOOLS:
-            run_tool(argv)
+            run_tool(argv, exit_on_error=not shell)
         elif not argv or argv[0] in ("-h", "--help"):
             print(OVERVIEW)
+        elif argv[0].startswith("-") or argv[0] in TRAINING_COMMANDS:
+            from tools.training_cli import SynthPrivCLI
+
+            SynthPrivCLI(args=args, parser_kwargs={"exit_on_error": False} if shell else None)
         else:
-            SynthPrivCLI(args=args)
-    except INPUT_ERRORS as err:
-        if args is not None or os.environ.get("SYNTHPRIV_DEBUG"):
+            commands = [*TRAINING_COMMANDS, *TOOLS]
+            close = suggestion(argv[0], commands)
+            hint = f"did you mean {close}? " if close else ""
+            raise CommandLineError(f"unknown command '{argv[0]}' ({hint}commands: {', '.join(commands)})")
+    except _input_errors() as err:
+        if not shell:
             raise
-        sys.exit(f"synthpriv: error: {err}")
+        sys.exit(f"synthpriv: error: {_describe(err, argv)}")
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """INPUT_ERRORS, plus RunExistsError once the training machinery is loaded (tools.run_dirs imports torch,
+    and nothing raises its error without having imported it)."""
+    run_dirs = sys.modules.get("tools.run_dirs")
+    return (*INPUT_ERRORS, run_dirs.RunExistsError) if run_dirs is not None else INPUT_ERRORS
+
+
+def _describe(err: BaseException, argv: list[str]) -> str:
+    """The one-line message for ``err``: messages of our own are flattened, jsonargparse's are unwrapped."""
+    if isinstance(err, CommandLineError):
+        return flatten(str(err))
+    options: list[str] = []
+    if isinstance(err, ArgumentError) and argv and argv[0] in TOOLS:  # a tool's option: suggest from its signature
+        import inspect
+
+        from tools.commands import tool_function
+
+        options = list(inspect.signature(tool_function(argv[0])).parameters)
+    return one_line(err, options)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,9 @@ class FeatureDataModule(LightningDataModule):
                 raise ValueError(f"data.{name} must be a finite number >= 0; got {value}")
         if online_factor < 1:
             raise ValueError(f"data.online_factor must be at least 1; got {online_factor}")
+        for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if size is not None and size < 1:
+                raise ValueError(f"data.{name}: expected a positive number of examples per batch; found {size}")
         save_own_hyperparameters(self, ignore=["class_names"])
         self.test_sigmas = sigmas
         # One test loader per name: the original's per-probe noise, then equal raw noise (sigma 0 is shared).

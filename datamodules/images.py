@@ -106,6 +106,9 @@ class ImageFolderDataModule(LightningDataModule):
                 raise ValueError(f"data.train_fractions values must be in [0, 1]; got {f}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1); got {val_fraction}")
+        for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if size is not None and size < 1:
+                raise ValueError(f"data.{name}: expected a positive number of examples per batch; found {size}")
         if not roots and test_root is None and val_root is None:
             raise ValueError("data: give at least one of train_roots, val_root, test_root")
         self.skipped_files: list[Path] = []

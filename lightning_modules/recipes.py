@@ -28,7 +28,11 @@ def optimizer_and_schedule(params: Iterable[torch.nn.Parameter], hp: Any, max_ep
         return {"optimizer": opt}
     epochs = max_epochs if max_epochs and max_epochs > 0 else None
     if epochs is None:
-        raise ValueError(f"model.scheduler={hp.scheduler!r} needs trainer.max_epochs to be set")
+        found = "-1 (no limit)" if max_epochs == -1 else repr(max_epochs)
+        raise ValueError(
+            f"trainer.max_epochs: model.scheduler={hp.scheduler!r} is spread over the epochs and needs a positive "
+            f"trainer.max_epochs; found {found} (or set model.scheduler: none)"
+        )
     if hp.scheduler == "cosine":
         sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=0.0)
     else:

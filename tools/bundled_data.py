@@ -18,7 +18,6 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from datamodules.folders import stratified_split
 from tools.files import write_json_atomic
 
 Dataset = Literal["animal-mnist", "digits"]
@@ -108,6 +107,8 @@ def materialise_dataset(
         index = np.sort(
             np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(len(class_names))])
         )
+    from datamodules.folders import stratified_split  # imports the datamodules package (torch): only here
+
     rest, test = stratified_split(labels[index], test_fraction, seed)
     train, val = stratified_split(labels[index][rest], val_fraction / (1 - test_fraction), seed + 1)
     splits = {"train": index[rest][train], "val": index[rest][val], "test": index[test]}

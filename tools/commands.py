@@ -1,27 +1,37 @@
-"""The non-training subcommands of `synthpriv`, parsed by jsonargparse (typed, --help, --config)."""
+"""The non-training subcommands of `synthpriv`, parsed by jsonargparse (typed, --help, --config).
+
+Each tool is named by ``module:function`` and imported only when it runs (or shows its --help): jsonargparse
+needs the function itself for its signature, and importing every tool up front costs seconds of start-up.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
-from jsonargparse import auto_cli
-
-from tools.attack import run_attack
-from tools.bundled_data import materialise_dataset
-from tools.feature_report import feature_report
-from tools.privacy_report import privacy_report
-from tools.study import run_study
-
-TOOLS: dict[str, Callable[..., Any]] = {
-    "data": materialise_dataset,
-    "run": run_study,
-    "attack": run_attack,
-    "privacy-report": privacy_report,
-    "feature-report": feature_report,
+TOOLS: dict[str, str] = {
+    "data": "tools.bundled_data:materialise_dataset",
+    "run": "tools.study:run_study",
+    "attack": "tools.attack:run_attack",
+    "privacy-report": "tools.privacy_report:privacy_report",
+    "feature-report": "tools.feature_report:feature_report",
 }
 
 
-def run_tool(argv: list[str]) -> None:
-    """Dispatch ``argv`` (starting with the tool name) to its function."""
-    auto_cli(TOOLS, args=argv, as_positional=True)
+def tool_function(name: str) -> Callable[..., Any]:
+    """Import and return the function behind tool ``name``."""
+    module, function = TOOLS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def run_tool(argv: list[str], exit_on_error: bool = True) -> None:
+    """Dispatch ``argv`` (starting with the tool name) to its function.
+
+    With ``exit_on_error=False`` a bad option raises ``argparse.ArgumentError`` instead of printing the usage
+    and exiting, so the console entry point can report it in one line.
+    """
+    from jsonargparse import auto_cli
+
+    name = argv[0]
+    auto_cli({name: tool_function(name)}, args=argv, as_positional=True, exit_on_error=exit_on_error)
