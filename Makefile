@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/classifier_step.py
 	$(OFFLINE) $(PY) benchmarks/shadows.py --group-sizes 1,4,16
 	$(OFFLINE) $(PY) benchmarks/ksame.py
+	$(OFFLINE) $(PY) benchmarks/startup.py --repeats 5
 
 clean-venv:
 	rm -rf $(VENV)

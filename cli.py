@@ -31,10 +31,11 @@ training (LightningCLI; --config YAML files, --print_config):
   test       evaluate on the test split    predict    write predictions
 tools:
   data       materialise a bundled real dataset as class folders
-  run        run a study (ordered steps; finished steps are skipped)
-  attack     membership inference (LiRA, baseline) from shadow logits and a target checkpoint or logits
+  run        run a study (ordered steps; finished, unchanged steps are skipped; --status)
+  attack     membership inference (LiRA, RMIA, baseline) with 95 % intervals, from shadow logits and a target
   privacy-report   one accuracy / AUC_MIA / TPR@FPR / AOP table and ROC figure over attack folders
   feature-report   the CVAE study's table: probe AUROC per noise level, distance audits, LiRA; plots
+  shadows-config   write the shadows config of a target run (recipe and data copied from its config.yaml)
 
 Outputs go to runs/<study>/<name>/ (--run.study, --run.name).
 Errors are one line; SYNTHPRIV_DEBUG=1 shows the full message and traceback.

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from privacy.metrics import supports_fpr
 
@@ -39,6 +38,8 @@ def batched_figures(scores: np.ndarray, is_member: np.ndarray, fprs: Sequence[fl
 
     Rows without members or without non-members give NaN.
     """
+    from scipy.stats import rankdata  # here, not at the top: tool start-up (synthpriv attack --help)
+
     member = np.asarray(is_member, dtype=bool)
     n1 = member.sum(axis=1).astype(np.float64)
     n0 = member.shape[1] - n1

@@ -30,9 +30,8 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy.special import logsumexp
-from scipy.stats import norm
 
+# scipy is imported inside the functions that use it: `synthpriv attack --help` must start in well under 2 s.
 from privacy.checks import class_labels, finite_floats
 
 Variance = Literal["per_example", "fixed", "tckr_global"]
@@ -54,6 +53,8 @@ def _onehot(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def scaled_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """log p_y - log sum_{y'!=y} p_y' computed from logits in float64 (no log(0), no overflow)."""
     axes = {2: ("example", "class"), 3: ("example", "view", "class"), 4: ("model", "example", "view", "class")}
+    from scipy.special import logsumexp
+
     z = finite_floats(logits, "logits", axes.get(np.ndim(logits)), ndim=(2, 3, 4))
     onehot = _onehot(labels, z.shape)
     # The softmax normaliser cancels: z_y - logsumexp over the other classes.
@@ -175,6 +176,8 @@ def lira_online(
     target_scores: np.ndarray, shadow_scores: np.ndarray, in_mask: np.ndarray, variance: Variance = "per_example"
 ) -> np.ndarray:
     """Online LiRA: log-likelihood ratio of IN vs OUT Gaussians, averaged over augmentations -> (N,)."""
+    from scipy.stats import norm
+
     s_in, s_out = _split_in_out(shadow_scores, in_mask)
     t = _as_nq(target_scores, s_in.shape)
     mu_in, sd_in = _gaussian(s_in, variance, "IN")
@@ -191,6 +194,8 @@ def lira_offline(
     one_sided: bool = True,
 ) -> np.ndarray:
     """Offline LiRA from OUT models only -> (N,)."""
+    from scipy.stats import norm
+
     _, s_out = _split_in_out(shadow_scores, in_mask)
     t = _as_nq(target_scores, s_out.shape)
     mu_out, sd_out = _gaussian(s_out, variance, "OUT")
@@ -235,6 +240,8 @@ def leave_one_out(
 def true_class_probability(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """p_y = softmax(logits)_y in float64, RMIA's per-example signal; logits (..., C) as in ``scaled_confidence``."""
     axes = {2: ("example", "class"), 3: ("example", "view", "class"), 4: ("model", "example", "view", "class")}
+    from scipy.special import logsumexp
+
     z = finite_floats(logits, "logits", axes.get(np.ndim(logits)), ndim=(2, 3, 4))
     onehot = _onehot(labels, z.shape)
     return np.exp(np.where(onehot, z, -np.inf).max(-1) - logsumexp(z, axis=-1))

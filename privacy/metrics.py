@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_curve as _sk_roc_curve
 
 from privacy.checks import finite_floats
 
@@ -29,6 +28,8 @@ def _check(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def roc_curve(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, tpr) over all thresholds, from (0, 0) to (1, 1)."""
+    from sklearn.metrics import roc_curve as _sk_roc_curve  # here: sklearn costs ~0.5 s of tool start-up
+
     scores, is_member = _check(scores, is_member)
     fpr, tpr, _ = _sk_roc_curve(is_member, scores, drop_intermediate=False)
     return fpr, tpr

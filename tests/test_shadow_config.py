@@ -201,3 +201,13 @@ def test_a_control_may_train_on_other_examples_but_not_other_pixels(fitted: Fitt
     resized["data"]["init_args"]["image_size"] = 16
     with pytest.raises(ValueError, match=re.escape("data.init_args.image_size: 16 -> 32")):
         check_shadows_match_target(fitted.shadows, _fake_run(tmp_path, "resized", resized), control=True)
+
+
+def test_query_views_type_matches_the_data_module() -> None:
+    """tools.shadow_config repeats datamodules.pool.QueryAugment to start without torch; they must agree."""
+    from typing import get_args
+
+    from datamodules.pool import QueryAugment as pool_queries
+    from tools.shadow_config import QueryAugment as config_queries
+
+    assert get_args(config_queries) == get_args(pool_queries)

@@ -16,6 +16,7 @@ TOOLS: dict[str, str] = {
     "attack": "tools.attack:run_attack",
     "privacy-report": "tools.privacy_report:privacy_report",
     "feature-report": "tools.feature_report:feature_report",
+    "shadows-config": "tools.shadow_config:shadows_config",
 }
 
 

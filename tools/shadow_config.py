@@ -51,14 +51,16 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
-import torch
 import yaml
 
-from datamodules.pool import QueryAugment
 from tools.files import write_text_atomic
 from tools.trained_ids import run_folder_of
+
+# datamodules.pool.QueryAugment, repeated so that `synthpriv shadows-config` starts without torch (a test keeps
+# the two equal).
+QueryAugment = Literal["none", "mirror", "mirror_shifts"]
 
 CONFIG = "config.yaml"
 RECIPE_KEYS = (
@@ -437,6 +439,8 @@ def _header(target_run: Path, out: Path, config: dict[str, Any], warned: list[st
 def _checkpoint_class_names(checkpoint: Path | None) -> list[str] | None:
     if checkpoint is None or not checkpoint.is_file():
         return None
+    import torch
+
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     names = (saved.get("hyper_parameters") or {}).get("class_names")
     return [str(n) for n in names] if names is not None else None
