@@ -37,6 +37,22 @@ def _shadows(path: Path, k: int = 8, n: int = 120, c: int = 4, q: int = 2, leak:
     return data
 
 
+def _target_attack(tmp_path: Path, d: dict, target_logits: np.ndarray | None = None, **extra) -> list[str]:
+    """Model 0 as the target, models 2.. as references (``refs.npz``); returns the attack's argv up to options."""
+    np.savez(tmp_path / "refs.npz", **{**d, "logits": d["logits"][2:], "mask": d["mask"][2:], **extra})
+    np.savez(tmp_path / "target.npz", logits=d["logits"][0] if target_logits is None else target_logits, ids=d["ids"])
+    (tmp_path / "members.txt").write_text("\n".join(d["ids"][d["mask"][0]]))
+    return [
+        "attack",
+        str(tmp_path / "refs.npz"),
+        str(tmp_path / "mia"),
+        "--target",
+        str(tmp_path / "target.npz"),
+        "--members_file",
+        str(tmp_path / "members.txt"),
+    ]
+
+
 def _metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
@@ -73,22 +89,8 @@ def test_target_with_other_query_views_is_refused(tmp_path: Path) -> None:
 
 def test_single_view_target_is_accepted_for_single_view_shadows(tmp_path: Path) -> None:
     d = _shadows(tmp_path / "shadows.npz", k=10, q=1)
-    np.savez(tmp_path / "refs.npz", **{**d, "logits": d["logits"][2:], "mask": d["mask"][2:]})
-    np.savez(tmp_path / "target.npz", logits=d["logits"][0, :, 0], ids=d["ids"])  # (N, C) with Q = 1: fine
-    (tmp_path / "members.txt").write_text("\n".join(d["ids"][d["mask"][0]]))
-    main(
-        [
-            "attack",
-            str(tmp_path / "refs.npz"),
-            str(tmp_path / "mia"),
-            "--target",
-            str(tmp_path / "target.npz"),
-            "--members_file",
-            str(tmp_path / "members.txt"),
-            "--attacks",
-            "[online]",
-        ]
-    )
+    args = _target_attack(tmp_path, d, d["logits"][0, :, 0])  # (N, C) with Q = 1: fine
+    main([*args, "--attacks", "[online]"])
     assert _metrics(tmp_path / "mia")["metrics"]["online"]["auc"] > 0.7
 
 
@@ -250,20 +252,7 @@ def test_bootstrap_auc_interval_matches_the_hanley_mcneil_standard_error() -> No
 
 def test_attack_metrics_carry_intervals_and_flag_unsupported_fprs(tmp_path: Path) -> None:
     d = _shadows(tmp_path / "shadows.npz", k=12, n=300)
-    np.savez(tmp_path / "refs.npz", **{**d, "logits": d["logits"][2:], "mask": d["mask"][2:]})
-    np.savez(tmp_path / "target.npz", logits=d["logits"][0], ids=d["ids"])
-    (tmp_path / "members.txt").write_text("\n".join(d["ids"][d["mask"][0]]))
-    main(
-        [
-            "attack",
-            str(tmp_path / "refs.npz"),
-            str(tmp_path / "mia"),
-            "--target",
-            str(tmp_path / "target.npz"),
-            "--members_file",
-            str(tmp_path / "members.txt"),
-        ]
-    )
+    main(_target_attack(tmp_path, d))
     record = _metrics(tmp_path / "mia")
     assert record["format"] == 2 and "bootstrap" in record["intervals"]["method"]
     online = record["metrics"]["online"]
@@ -319,22 +308,7 @@ def test_rmia_from_the_cli_equals_its_definition(tmp_path: Path) -> None:
     non_members = np.flatnonzero(~members)
     population = np.zeros(n, bool)
     population[rng.choice(non_members, 30, replace=False)] = True
-    np.savez(tmp_path / "refs.npz", **{**d, "logits": d["logits"][2:], "mask": d["mask"][2:], "population": population})
-    np.savez(tmp_path / "target.npz", logits=d["logits"][0], ids=d["ids"])
-    (tmp_path / "members.txt").write_text("\n".join(d["ids"][members]))
-    main(
-        [
-            "attack",
-            str(tmp_path / "refs.npz"),
-            str(tmp_path / "mia"),
-            "--target",
-            str(tmp_path / "target.npz"),
-            "--members_file",
-            str(tmp_path / "members.txt"),
-            "--resamples",
-            "200",
-        ]
-    )
+    main([*_target_attack(tmp_path, d, population=population), "--resamples", "200"])
     record = _metrics(tmp_path / "mia")["metrics"]
     assert set(record) == {"online", "offline", "global", "rmia"}  # rmia joins by default with a population
     # Independent computation: softmax probabilities of the true class averaged over the two views.
