@@ -96,7 +96,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="both members and non-members"):
         main([*base, "--target", str(tmp_path / "target_ok.npz"), "--non_members_file", str(tmp_path / "non.txt")])
     np.savez(tmp_path / "one.npz", **{**d, "logits": d["logits"][:1], "mask": d["mask"][:1]})
-    with pytest.raises(ValueError, match="even number K >= 2 of shadows.*got K=1"):
+    with pytest.raises(ValueError, match=r"even number K >= 2 of shadows.*got K=1"):
         main(["attack", str(tmp_path / "one.npz"), str(tmp_path / "c")])
     np.savez(tmp_path / "odd.npz", **{**d, "logits": d["logits"][:3], "mask": d["mask"][:3]})
     with pytest.raises(ValueError, match=r"even number.*K=3"):

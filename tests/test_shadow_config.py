@@ -19,7 +19,8 @@ import yaml
 from cli_helpers import tiny_config, tiny_dataset
 
 from cli import main
-from tools.shadow_config import RECIPE_KEYS, check_shadows_match_target, derive_shadows_config, shadows_config
+from tools.shadow_check import check_shadows_match_target
+from tools.shadow_config import RECIPE_KEYS, derive_shadows_config, shadows_config
 
 FACES = {"face": 8, "other": 8}
 DIGITS = {"zero": 8, "one": 8}

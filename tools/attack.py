@@ -143,7 +143,7 @@ def run_attack(
     if _already_done(out_dir / "metrics.json", settings):
         return out_dir
     if target_checkpoint is not None:
-        from tools.shadow_config import check_shadows_match_target
+        from tools.shadow_check import check_shadows_match_target
         from tools.target_logits import check_target_trained_on, compute_target_logits
 
         # Class names and data settings first (a wrong pairing is refused by name), then the member ids.
