@@ -18,7 +18,7 @@ al. 2024). Each has a minimum number of shadows (``privacy.lira.minimum_shadows`
 from __future__ import annotations
 
 import json
-import warnings
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,7 @@ def run_attack(
 
         # Class names and data settings first (a wrong pairing is refused by name), then the member ids.
         for message in check_shadows_match_target(Path(shadows).parent, Path(target_checkpoint), control=control):
-            warnings.warn(f"--target_checkpoint {target_checkpoint}: {message}", UserWarning, stacklevel=2)
+            print(f"warning: --target_checkpoint {target_checkpoint}: {message}", file=sys.stderr)
         members = [str(i) for i in data["ids"][evaluation.keep[evaluation.is_member]]]
         check_target_trained_on(target_checkpoint, members, str(evaluation.members_file), control)
         target = str(compute_target_logits(target_checkpoint, shadows, out_dir / "target_logits.npz", device))
