@@ -80,6 +80,9 @@ def test_typoed_tool_option_and_unknown_command(
 ) -> None:
     message = _one_line_error(monkeypatch, capsys, ["attack", "a.npz", str(tmp_path), "--resamplse", "200"])
     assert "unknown option '--resamplse' (did you mean --resamples?)" in message
+    # A positional parameter written as an option is named as such (it used to read "did you mean --out?").
+    message = _one_line_error(monkeypatch, capsys, ["attack", "a.npz", "--out", str(tmp_path)])
+    assert "'--out' is a positional argument here: give its value without '--out'" in message
     message = _one_line_error(monkeypatch, capsys, ["fitt"])
     assert "unknown command 'fitt'" in message and "did you mean fit?" in message
 

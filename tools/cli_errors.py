@@ -126,7 +126,11 @@ def _unknown_option(texts: list[str], options: list[str]) -> str | None:
         return f"unknown option '{top.group(1)}'" + (f" (did you mean {close}?)" if close else "")
     flag = _UNRECOGNIZED.search(joined)
     if flag:
-        close = suggestion(flag.group(1).lstrip("-"), options)
+        name = flag.group(1).lstrip("-")
+        if name in options:  # a positional parameter given as --name (e.g. attack's out)
+            given = flag.group(1)
+            return f"'{given}' is a positional argument here: give its value without '{given}' (see --help)"
+        close = suggestion(name, options)
         return f"unknown option '{flag.group(1)}'" + (f" (did you mean --{close}?)" if close else "")
     return None
 
