@@ -27,6 +27,14 @@ def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray
 
 def nearest_distances(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
     """(M,) Euclidean distance of each query to its nearest reference (exact, faiss IndexFlatL2)."""
+    return nearest_neighbours(queries, references)[1][:, 0]
+
+
+def nearest_neighbours(queries: np.ndarray, references: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(M, k) indices of each query's ``k`` nearest references and their (M, k) Euclidean distances (exact).
+
+    The search is faiss IndexFlatL2 (exact); the distances to the neighbours it found are recomputed in float64.
+    """
     import faiss
 
     if np.ndim(queries) != 2 or np.ndim(references) != 2 or np.shape(queries)[1] != np.shape(references)[1]:
@@ -35,18 +43,20 @@ def nearest_distances(queries: np.ndarray, references: np.ndarray) -> np.ndarray
         )
     if len(references) == 0:
         raise ValueError("nearest_distances needs at least one reference vector")
+    if not 1 <= k <= len(references):
+        raise ValueError(f"nearest_neighbours: k={k} must lie in [1, {len(references)}] (the reference count)")
     # faiss returns index -1 for a NaN query, which numpy would read as the last reference row.
     queries = np.ascontiguousarray(finite_floats(queries, "query vectors", ("row", "feature"), 2, np.float32))
     references = np.ascontiguousarray(finite_floats(references, "reference vectors", ("row", "feature"), 2, np.float32))
     index = faiss.IndexFlatL2(references.shape[1])
     index.add(references)
-    _, nearest = index.search(queries, 1)
+    _, nearest = index.search(queries, k)
     if (nearest < 0).any():
         raise ValueError(f"faiss found no neighbour for {int((nearest < 0).sum())} query vectors")
     # faiss's float32 |q|^2 + |r|^2 - 2 q.r loses the small distances (an exact copy came out ~0.01 away in
-    # 1,280-d); the distance to the neighbour it found is recomputed directly in float64.
-    diff = queries.astype(np.float64) - references[nearest[:, 0]].astype(np.float64)
-    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    # 1,280-d); the distance to each neighbour it found is recomputed directly in float64.
+    diff = queries.astype(np.float64)[:, None, :] - references[nearest].astype(np.float64)
+    return nearest.astype(np.int64), np.sqrt(np.einsum("mkd,mkd->mk", diff, diff))
 
 
 def average_min_distance(anonymised: np.ndarray, real: np.ndarray, own_statistics: bool = False) -> float:
@@ -82,14 +92,21 @@ def dcr_share(anonymised: np.ndarray, train: np.ndarray, holdout: np.ndarray) ->
     query = _standardise(anonymised, mean, std)
     to_train = nearest_distances(query, _standardise(train, mean, std))
     to_holdout = nearest_distances(query, _standardise(holdout, mean, std))
+    return dcr_from_distances(to_train, to_holdout, len(train), len(holdout))
+
+
+def dcr_from_distances(
+    to_train: np.ndarray, to_holdout: np.ndarray, train_size: int, holdout_size: int
+) -> dict[str, float]:
+    """``dcr_share``'s figures from each query's distance to its closest training and holdout record."""
     share = float(np.mean(to_train < to_holdout) + 0.5 * np.mean(to_train == to_holdout))
-    baseline = len(train) / (len(train) + len(holdout))
+    baseline = train_size / (train_size + holdout_size)
     return {
         "share": share,
         "baseline": baseline,
         "excess": (share - baseline) / (1.0 - baseline),
         "median_to_train": float(np.median(to_train)),
         "median_to_holdout": float(np.median(to_holdout)),
-        "train_size": len(train),
-        "holdout_size": len(holdout),
+        "train_size": train_size,
+        "holdout_size": holdout_size,
     }
