@@ -3,5 +3,6 @@
 from datamodules.features import FeatureDataModule
 from datamodules.images import ImageFolderDataModule
 from datamodules.membership import MembershipDataModule
+from datamodules.prompts import PromptDataModule
 
-__all__ = ["FeatureDataModule", "ImageFolderDataModule", "MembershipDataModule"]
+__all__ = ["FeatureDataModule", "ImageFolderDataModule", "MembershipDataModule", "PromptDataModule"]
