@@ -36,6 +36,7 @@ tools:
   privacy-report   one accuracy / AUC_MIA / TPR@FPR / AOP table and ROC figure over attack folders
   feature-report   the CVAE study's table: probe AUROC per noise level, distance audits, LiRA; plots
   shadows-config   write the shadows config of a target run (recipe and data copied from its config.yaml)
+  image-audit      memorisation audit of a synthetic image set: nearest real training images, copies, DCR
 
 Outputs go to runs/<study>/<name>/ (--run.study, --run.name).
 Errors are one line; SYNTHPRIV_DEBUG=1 shows the full message and traceback.

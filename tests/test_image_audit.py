@@ -144,3 +144,13 @@ def test_embedding_audit_and_bad_inputs(folders: dict[str, Path], tmp_path: Path
     with pytest.raises(ValueError, match=r"synthetic: class folder.*hold no images"):
         image_audit(str(tmp_path / "empty"), *args[1:], str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_image_audit_through_the_cli(folders: dict[str, Path], tmp_path: Path) -> None:
+    """`synthpriv image-audit SYNTHETIC REAL_TRAIN HOLDOUT OUT`: the same figures as the function (2 of 5 copies)."""
+    from cli import main
+
+    out = tmp_path / "cli-audit"
+    holdout = f"[{folders['val']}, {folders['test']}]"
+    main(["image-audit", str(folders["synthetic"]), str(folders["train"]), holdout, str(out), "--image_size", "8"])
+    assert json.loads((out / "audit.json").read_text())["pixels"]["exact_copy_share"] == pytest.approx(2 / 5)

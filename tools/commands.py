@@ -17,6 +17,7 @@ TOOLS: dict[str, str] = {
     "privacy-report": "tools.privacy_report:privacy_report",
     "feature-report": "tools.feature_report:feature_report",
     "shadows-config": "tools.shadow_config:shadows_config",
+    "image-audit": "tools.image_audit:image_audit",
 }
 
 
