@@ -2,8 +2,16 @@
 
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.cvae import FeatureCVAE
+from lightning_modules.diffusion import TextToImageDiffusion
 from lightning_modules.features import FeatureExtractor
 from lightning_modules.probe import LinearProbe
 from lightning_modules.shadows import ShadowEnsemble
 
-__all__ = ["FeatureCVAE", "FeatureExtractor", "ImageClassifier", "LinearProbe", "ShadowEnsemble"]
+__all__ = [
+    "FeatureCVAE",
+    "FeatureExtractor",
+    "ImageClassifier",
+    "LinearProbe",
+    "ShadowEnsemble",
+    "TextToImageDiffusion",
+]

@@ -1,0 +1,214 @@
+"""Text-to-image diffusion components: loaded from a local diffusers folder or built from a YAML config.
+
+A component set is a plain dict with ``unet`` (``UNet2DConditionModel``), ``vae`` (``AutoencoderKL`` or None for a
+pixel-space model), ``text_encoder`` (``CLIPTextModel``), ``tokenizer`` and ``scheduler_config`` (the noise
+scheduler's config dict; the training module builds a DDPM scheduler from it, the sampler DDIM or DPM-Solver, and
+both keep its ``prediction_type``).
+
+diffusers and transformers are imported inside the functions so that importing this module (and the CLI) stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: subfolder -> file that must exist in a diffusers folder (the VAE is optional: pixel-space models have none).
+REQUIRED_FILES = {
+    "unet": "config.json",
+    "text_encoder": "config.json",
+    "tokenizer": "tokenizer_config.json",
+    "scheduler": "scheduler_config.json",
+}
+
+SCHEDULER_KINDS = ("ddpm", "ddim", "dpm", "pndm")
+
+DEFAULT_WORDS = (
+    "a an the of photo picture image in on with and small large close up view"
+    " red green blue black white grey brown dark light"
+).split()
+
+
+def _scheduler_class(kind: str) -> Any:
+    import diffusers
+
+    classes = {
+        "ddpm": diffusers.DDPMScheduler,
+        "ddim": diffusers.DDIMScheduler,
+        "dpm": diffusers.DPMSolverMultistepScheduler,
+        "pndm": diffusers.PNDMScheduler,
+    }
+    if kind not in classes:
+        raise ValueError(f"scheduler kind {kind!r} is not one of {', '.join(SCHEDULER_KINDS)}")
+    return classes[kind]
+
+
+def training_scheduler(scheduler_config: dict[str, Any]) -> Any:
+    """DDPM scheduler for training (add_noise / get_velocity), carrying the config's betas and prediction type."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(dict(scheduler_config))
+
+
+def sampling_scheduler(scheduler_config: dict[str, Any], kind: str) -> Any:
+    """DDIM ('ddim') or DPM-Solver multistep ('dpm') scheduler for sampling, from the same config."""
+    return _scheduler_class(kind).from_config(dict(scheduler_config))
+
+
+def load_components(path: str | Path) -> dict[str, Any]:
+    """Load UNet, optional VAE, text encoder, tokenizer and scheduler config from a local diffusers folder.
+
+    Raises:
+        ValueError: the folder or one of its required files is missing (the message names the file to put where).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(
+            f"pretrained_model_path: {root} is not a folder; expected a local diffusers folder with "
+            + ", ".join(f"{sub}/{name}" for sub, name in REQUIRED_FILES.items())
+            + " (and optionally vae/config.json)"
+        )
+    for sub, name in REQUIRED_FILES.items():
+        if not (root / sub / name).is_file():
+            raise ValueError(
+                f"pretrained_model_path: {root} has no {sub}/{name}; a diffusers text-to-image folder needs "
+                + ", ".join(f"{s}/{n}" for s, n in REQUIRED_FILES.items())
+                + f" with the weights next to each config (put the {sub} files into {root / sub})"
+            )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True)
+    vae = None
+    if (root / "vae" / "config.json").is_file():
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+    scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler_config": _plain_scheduler_config(scheduler_config),
+    }
+
+
+def _plain_scheduler_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Scheduler config without diffusers' private keys, through a DDPM scheduler so defaults are filled in."""
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    prediction = cfg.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ValueError(f"scheduler prediction_type {prediction!r} is not supported (epsilon or v_prediction)")
+    return cfg
+
+
+def build_word_tokenizer(words: list[str] | None = None, max_length: int = 16) -> Any:
+    """Word-level tokenizer (lower-cased, whitespace/punctuation split) for tiny config-built models.
+
+    Ids: 0 pad, 1 bos, 2 eos, 3 unk, then ``DEFAULT_WORDS`` and the given words. Every prompt becomes
+    ``bos words eos pad...`` of ``max_length``.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(specials)}
+    for word in [*DEFAULT_WORDS, *(words or [])]:
+        vocab.setdefault(str(word).lower(), len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        model_max_length=max_length,
+    )
+
+
+def build_components(config: dict[str, Any]) -> dict[str, Any]:
+    """Build randomly initialised components from a config (YAML-given) dict.
+
+    Keys:
+        unet: ``UNet2DConditionModel`` keyword arguments.
+        vae: ``AutoencoderKL`` keyword arguments, or null/absent for a pixel-space model (UNet in/out channels 3).
+        text_encoder: ``CLIPTextConfig`` keyword arguments; vocab_size and bos/eos/pad ids default to the tokenizer's.
+        tokenizer: a local tokenizer folder (str), or ``{words: [...], max_length: 16}`` for a word-level tokenizer.
+        scheduler: ``{kind: ddpm|ddim|dpm|pndm, prediction_type: epsilon|v_prediction, ...}`` scheduler kwargs.
+        seed: initialisation seed (default 0), so the same config builds the same weights.
+    """
+    unknown = set(config) - {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "seed"}
+    if unknown:
+        raise ValueError(
+            f"components: unknown keys {sorted(unknown)}; expected unet, vae, text_encoder, tokenizer, scheduler, seed"
+        )
+    for key in ("unet", "text_encoder"):
+        if not isinstance(config.get(key), dict):
+            raise ValueError(f"components.{key}: expected a mapping of constructor arguments, got {config.get(key)!r}")
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
+
+    tok_cfg = config.get("tokenizer") or {}
+    if isinstance(tok_cfg, str):
+        if not Path(tok_cfg).is_dir():
+            raise ValueError(f"components.tokenizer: {tok_cfg} is not a local tokenizer folder")
+        tokenizer = AutoTokenizer.from_pretrained(tok_cfg, local_files_only=True)
+    else:
+        tokenizer = build_word_tokenizer(tok_cfg.get("words"), int(tok_cfg.get("max_length", 16)))
+
+    te_kwargs = dict(config["text_encoder"])
+    te_kwargs.setdefault("vocab_size", len(tokenizer))
+    te_kwargs.setdefault("max_position_embeddings", tokenizer.model_max_length)
+    for name in ("bos", "eos", "pad"):
+        token_id = getattr(tokenizer, f"{name}_token_id")
+        if token_id is not None:
+            te_kwargs.setdefault(f"{name}_token_id", token_id)
+
+    sched_kwargs = dict(config.get("scheduler") or {})
+    kind = sched_kwargs.pop("kind", "ddpm")
+    scheduler = _scheduler_class(kind)(**sched_kwargs)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(config.get("seed", 0)))
+        unet = UNet2DConditionModel(**_tuples(config["unet"]))
+        vae = AutoencoderKL(**_tuples(config["vae"])) if config.get("vae") else None
+        text_encoder = CLIPTextModel(CLIPTextConfig(**te_kwargs))
+    if vae is None and unet.config.in_channels != 3:
+        raise ValueError(
+            f"components: no vae (pixel space) but unet.in_channels={unet.config.in_channels}; "
+            "a pixel-space UNet takes 3 channels"
+        )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler_config": _plain_scheduler_config(dict(scheduler.config)),
+    }
+
+
+def _tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """YAML gives lists; diffusers wants tuples for block types and channels."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def save_components(components: dict[str, Any], path: str | Path) -> Path:
+    """Write components as a diffusers folder (unet/, vae/ when present, text_encoder/, tokenizer/, scheduler/)."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    components["unet"].save_pretrained(root / "unet")
+    if components.get("vae") is not None:
+        components["vae"].save_pretrained(root / "vae")
+    components["text_encoder"].save_pretrained(root / "text_encoder")
+    components["tokenizer"].save_pretrained(root / "tokenizer")
+    training_scheduler(components["scheduler_config"]).save_pretrained(root / "scheduler")
+    return root

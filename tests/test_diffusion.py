@@ -1,0 +1,268 @@
+"""TextToImageDiffusion and its components, on tiny config-built models (no weights, CPU)."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Trainer, seed_everything
+from torch.utils.data import DataLoader, Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=[32, 64],
+    down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+    cross_attention_dim=32,
+    attention_head_dim=[2, 4],
+    use_linear_projection=True,
+    norm_num_groups=32,
+)
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=[32, 64],
+    down_block_types=["DownEncoderBlock2D"] * 2,
+    up_block_types=["UpDecoderBlock2D"] * 2,
+    norm_num_groups=32,
+    sample_size=16,
+)
+TEXT = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    hidden_act="gelu",
+    projection_dim=32,
+)
+
+
+def tiny_config(prediction_type: str = "epsilon", vae: bool = True) -> dict:
+    unet = dict(UNET)
+    if not vae:
+        unet.update(in_channels=3, out_channels=3, sample_size=16)
+    return {
+        "unet": unet,
+        "vae": dict(VAE) if vae else None,
+        "text_encoder": dict(TEXT),
+        "tokenizer": {"words": ["cat", "dog", "bird"], "max_length": 8},
+        "scheduler": {
+            "kind": "ddpm",
+            "prediction_type": prediction_type,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+        },
+    }
+
+
+class FixedBatch(Dataset):
+    """The same 4 images and prompts every epoch (the loss must fall on them)."""
+
+    def __init__(self, n: int = 4, size: int = 16) -> None:
+        g = torch.Generator().manual_seed(0)
+        base = torch.rand(n, 3, size // 4, size // 4, generator=g) * 2 - 1
+        self.images = torch.nn.functional.interpolate(base, size=size, mode="nearest")
+        self.prompts = ["a photo of a cat", "a dog", "a red bird", "a cat and a dog"][:n]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.images[i], "prompt": self.prompts[i]}
+
+
+def loader(size: int = 16) -> DataLoader:
+    return DataLoader(FixedBatch(size=size), batch_size=4, shuffle=False)
+
+
+def trainer(tmp_path: Path, steps: int, **kw) -> Trainer:
+    return Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kw,
+    )
+
+
+def make(**kw):
+    from lightning_modules.diffusion import TextToImageDiffusion
+
+    kw.setdefault("components", tiny_config())
+    return TextToImageDiffusion(**kw)
+
+
+def test_import_is_lazy() -> None:
+    code = "import sys, cli, lightning_modules; print('diffusers' in sys.modules, 'peft' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_build_save_load_roundtrip(tmp_path: Path, one_torch_thread) -> None:
+    from lightning_modules.networks.diffusion import build_components, load_components, save_components
+
+    parts = build_components(tiny_config("v_prediction"))
+    assert parts["scheduler_config"]["prediction_type"] == "v_prediction"
+    save_components(parts, tmp_path / "sd")
+    loaded = load_components(tmp_path / "sd")
+    assert loaded["scheduler_config"]["prediction_type"] == "v_prediction"
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = parts[name].state_dict(), loaded[name].state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ids = parts["tokenizer"](["a cat"]).input_ids
+    assert loaded["tokenizer"](["a cat"]).input_ids == ids
+    # same config, same seed -> same weights
+    again = build_components(tiny_config("v_prediction"))
+    assert torch.equal(again["unet"].conv_in.weight, parts["unet"].conv_in.weight)
+
+    (tmp_path / "sd" / "unet" / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"unet/config\.json"):
+        load_components(tmp_path / "sd")
+    with pytest.raises(ValueError, match="not a folder"):
+        load_components(tmp_path / "nowhere")
+
+
+def test_model_from_folder_pixel_space(tmp_path: Path, one_torch_thread) -> None:
+    from lightning_modules.networks.diffusion import build_components, save_components
+
+    save_components(build_components(tiny_config(vae=False)), tmp_path / "px")
+    model = make(components=None, pretrained_model_path=str(tmp_path / "px"))
+    assert model.vae is None and model.latent_scale == 1
+    batch = next(iter(loader()))
+    assert torch.isfinite(model.shared_step(batch))
+    with pytest.raises(ValueError, match="exactly one"):
+        make(pretrained_model_path=str(tmp_path / "px"))
+
+
+def test_lora_params_fp32_and_frozen(one_torch_thread) -> None:
+    model = make(lora_rank=4, text_encoder_lora=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(n.startswith("text_encoder.") for n in trainable)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert not any(p.requires_grad for p in model.vae.parameters())
+    assert not model.vae.training and not model.text_encoder.training
+    full = make(finetune="full")
+    assert all(p.requires_grad for p in full.unet.parameters())
+    assert not any(p.requires_grad for p in full.text_encoder.parameters())
+    # bf16-mixed: frozen weights go to bf16, trainable LoRA weights stay fp32
+    model.trainer = trainer(Path("."), 1, precision="bf16-mixed")
+    model.setup("fit")
+    assert model.unet.conv_in.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_target_matches_scheduler(prediction_type: str, one_torch_thread) -> None:
+    model = make(components=tiny_config(prediction_type), snr_gamma=5.0)
+    lat, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([10, 500, 990])
+    expected = noise if prediction_type == "epsilon" else model.noise_scheduler.get_velocity(lat, noise, t)
+    assert torch.equal(model.target(lat, noise, t), expected)
+    if prediction_type == "v_prediction":
+        a = model.noise_scheduler.alphas_cumprod[t]
+        assert torch.allclose(
+            expected, a.sqrt()[:, None, None, None] * noise - (1 - a).sqrt()[:, None, None, None] * lat
+        )
+    snr = model.noise_scheduler.alphas_cumprod[t] / (1 - model.noise_scheduler.alphas_cumprod[t])
+    denom = snr + 1 if prediction_type == "v_prediction" else snr
+    assert torch.allclose(model.loss_weights(t), torch.clamp(snr, max=5.0) / denom)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_lora_loss_falls_and_checkpoint(prediction_type: str, tmp_path: Path, one_torch_thread) -> None:
+    seed_everything(0)
+    model = make(
+        components=tiny_config(prediction_type), lr=1e-2, lora_init="gaussian", noise_offset=0.05, prompt_dropout=0.1
+    )
+    batch = next(iter(loader()))
+
+    def eval_loss(m) -> float:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(123)
+            return sum(float(m.shared_step(batch)) for _ in range(8)) / 8
+
+    before = eval_loss(model)
+    fit = trainer(tmp_path, 30)
+    fit.fit(model, loader())
+    after = eval_loss(model)
+    assert after < before, (before, after)
+    assert not model.vae.training and not model.text_encoder.training
+
+    ckpt = tmp_path / "lora.ckpt"
+    fit.save_checkpoint(ckpt)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert set(raw["state_dict"]) == model.trainable_keys
+    assert all("lora_" in k for k in raw["state_dict"])
+    assert raw["optimizer_states"]
+
+    from lightning_modules.diffusion import TextToImageDiffusion
+
+    loaded = TextToImageDiffusion.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    sd_a, sd_b = model.state_dict(), loaded.state_dict()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+    # resume exactly: 30 + 2 steps from the checkpoint equals 32 steps straight through
+    seed_everything(1)
+    resumed = TextToImageDiffusion.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    trainer(tmp_path / "r", 32).fit(resumed, loader(), ckpt_path=ckpt)
+    assert resumed.global_step == 32
+    assert all(torch.isfinite(p).all() for p in resumed.parameters() if p.requires_grad)
+
+
+def test_full_finetune_checkpoint_only_unet(tmp_path: Path, one_torch_thread) -> None:
+    model = make(finetune="full", lr=1e-3)
+    fit = trainer(tmp_path, 2)
+    fit.fit(model, loader())
+    fit.save_checkpoint(tmp_path / "full.ckpt")
+    raw = torch.load(tmp_path / "full.ckpt", map_location="cpu", weights_only=True)
+    assert raw["state_dict"] and all(k.startswith("unet.") for k in raw["state_dict"])
+    assert set(raw["state_dict"]) == set(f"unet.{k}" for k in model.unet.state_dict())
+    lora = make()
+    with pytest.raises(ValueError, match="lacks"):
+        lora.on_load_checkpoint(copy.deepcopy(raw))
+
+
+def test_cached_latents_and_embeddings(one_torch_thread) -> None:
+    model = make(prompt_dropout=0.5)
+    batch = next(iter(loader()))
+    with torch.no_grad():
+        cached = {
+            "latents": model.encode_images(batch["pixel_values"]),
+            "prompt_embeds": model.encode_prompts(batch["prompt"]),
+        }
+    assert cached["latents"].shape == (4, 4, 8, 8)
+    assert torch.isfinite(model.shared_step(cached))
+
+
+def test_predict_seeds_independent_of_batching(one_torch_thread) -> None:
+    model = make(sampler="ddim", num_inference_steps=3, guidance_scale=2.0).eval()
+    batch = {
+        "index": torch.tensor([0, 1, 2]),
+        "prompt": ["a cat", "a dog", "a bird"],
+        "label": torch.tensor([0, 1, 2]),
+        "seed": torch.tensor([7, 8, 9]),
+    }
+    out = model.predict_step(batch, 0)
+    assert out["images"].dtype == torch.uint8 and out["images"].shape == (3, 3, 16, 16)
+    assert out["prompt"] == batch["prompt"] and torch.equal(out["seed"], batch["seed"])
+    single = model.predict_step({k: v[1:2] for k, v in batch.items()}, 0)
+    diff = (single["images"][0].int() - out["images"][1].int()).abs().max()
+    assert diff <= 1
+    again = model.predict_step(batch, 0)
+    assert torch.equal(again["images"], out["images"])
+    dpm = make(sampler="dpm", num_inference_steps=3, components=tiny_config("v_prediction")).eval()
+    assert dpm.predict_step(batch, 0)["images"].shape == (3, 3, 16, 16)
