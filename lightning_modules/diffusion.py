@@ -13,6 +13,7 @@ the trainable weights (LoRA or full UNet) and load with ``weights_only=True``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -335,6 +336,45 @@ class TextToImageDiffusion(LightningModule):
             "label": batch["label"],
             "seed": batch["seed"],
         }
+
+    # ------------------------------------------------------------------ export
+    def save_adapter(self, directory: str | Path) -> Path:
+        """Export the trained weights for diffusers.
+
+        LoRA: ``pytorch_lora_weights.safetensors`` in diffusers' format with the adapter metadata (so alpha != rank
+        reloads with the right scale), loadable by ``StableDiffusionPipeline.load_lora_weights``. Full fine-tune: a
+        diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) that ``pretrained_model_path`` accepts.
+        """
+        out = Path(directory)
+        if self.hparams.finetune == "full":
+            from lightning_modules.networks.diffusion import save_components
+
+            return save_components(
+                {
+                    "unet": self.unet,
+                    "vae": self.vae,
+                    "text_encoder": self.text_encoder,
+                    "tokenizer": self.tokenizer,
+                    "scheduler_config": self.scheduler_config,
+                },
+                out,
+            )
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        kwargs: dict[str, Any] = {
+            "unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet)),
+            "unet_lora_adapter_metadata": self.unet_lora_config.to_dict(),
+        }
+        if self.hparams.text_encoder_lora:
+            kwargs["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(
+                get_peft_model_state_dict(self.text_encoder)
+            )
+            kwargs["text_encoder_lora_adapter_metadata"] = self.text_encoder_lora_config.to_dict()
+        out.mkdir(parents=True, exist_ok=True)
+        StableDiffusionPipeline.save_lora_weights(out, safe_serialization=True, **kwargs)
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -266,3 +266,42 @@ def test_predict_seeds_independent_of_batching(one_torch_thread) -> None:
     assert torch.equal(again["images"], out["images"])
     dpm = make(sampler="dpm", num_inference_steps=3, components=tiny_config("v_prediction")).eval()
     assert dpm.predict_step(batch, 0)["images"].shape == (3, 3, 16, 16)
+
+
+def test_adapter_export_loads_in_pipeline(tmp_path: Path, one_torch_thread) -> None:
+    """A LoRA with alpha != rank exported by save_adapter reloads in StableDiffusionPipeline with the same output."""
+    from diffusers import StableDiffusionPipeline
+
+    from lightning_modules.networks.diffusion import sampling_scheduler
+
+    model = make(lora_rank=4, lora_alpha=8, lora_init="random").eval()
+    fresh = make(finetune="full")  # same config and seed -> same base weights as model's frozen UNet
+    model.save_adapter(tmp_path / "lora")
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+    pipe = StableDiffusionPipeline(
+        vae=fresh.vae,
+        text_encoder=fresh.text_encoder,
+        tokenizer=fresh.tokenizer,
+        unet=fresh.unet,
+        scheduler=sampling_scheduler(fresh.scheduler_config, "ddim"),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.load_lora_weights(tmp_path / "lora")
+    noisy, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 700])
+    emb = model.encode_prompts(["a cat", "a dog"])
+    with torch.no_grad():
+        ours = model(noisy, t, emb)
+        theirs = pipe.unet(noisy, t, encoder_hidden_states=emb).sample
+        pipe.unload_lora_weights()
+        plain = pipe.unet(noisy, t, encoder_hidden_states=emb).sample
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(ours, plain, atol=1e-3)
+
+    full = make(finetune="full")
+    full.save_adapter(tmp_path / "full")
+    reloaded = make(components=None, pretrained_model_path=str(tmp_path / "full"))
+    assert torch.equal(reloaded.unet.conv_in.weight, full.unet.conv_in.weight)
