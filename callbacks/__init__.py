@@ -1,5 +1,6 @@
 """Callbacks: run-folder bookkeeping, prediction writers, reports."""
 
+from callbacks.captions import CaptionWriter
 from callbacks.features import FeatureWriter
 from callbacks.predictions import PredictionWriter
 from callbacks.reports import TestReport
@@ -8,6 +9,7 @@ from callbacks.shadow_logits import ShadowLogitsWriter
 from callbacks.synthetic_images import SyntheticImageWriter
 
 __all__ = [
+    "CaptionWriter",
     "FeatureWriter",
     "PredictionWriter",
     "RunDirectory",

@@ -1,5 +1,6 @@
 """LightningModules, one per task; plain networks live in ``lightning_modules.networks``."""
 
+from lightning_modules.captioner import Captioner
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.cvae import FeatureCVAE
 from lightning_modules.diffusion import TextToImageDiffusion
@@ -8,6 +9,7 @@ from lightning_modules.probe import LinearProbe
 from lightning_modules.shadows import ShadowEnsemble
 
 __all__ = [
+    "Captioner",
     "FeatureCVAE",
     "FeatureExtractor",
     "ImageClassifier",
