@@ -1,8 +1,15 @@
 """LightningDataModules, one per kind of data."""
 
+from datamodules.captioned_images import CaptionedImageDataModule
 from datamodules.features import FeatureDataModule
 from datamodules.images import ImageFolderDataModule
 from datamodules.membership import MembershipDataModule
 from datamodules.prompts import PromptDataModule
 
-__all__ = ["FeatureDataModule", "ImageFolderDataModule", "MembershipDataModule", "PromptDataModule"]
+__all__ = [
+    "CaptionedImageDataModule",
+    "FeatureDataModule",
+    "ImageFolderDataModule",
+    "MembershipDataModule",
+    "PromptDataModule",
+]
