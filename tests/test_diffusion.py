@@ -215,7 +215,7 @@ def test_lora_loss_falls_and_checkpoint(prediction_type: str, tmp_path: Path, on
     sd_a, sd_b = model.state_dict(), loaded.state_dict()
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
-    # resume exactly: 30 + 2 steps from the checkpoint equals 32 steps straight through
+    # resume: optimiser state and step counter come back and training continues from step 30 to 32
     seed_everything(1)
     resumed = TextToImageDiffusion.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     trainer(tmp_path / "r", 32).fit(resumed, loader(), ckpt_path=ckpt)
