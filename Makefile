@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/shadows.py --group-sizes 1,4,16
 	$(OFFLINE) $(PY) benchmarks/ksame.py
 	$(OFFLINE) $(PY) benchmarks/startup.py --repeats 5
+	$(OFFLINE) $(PY) benchmarks/diffusion.py --size tiny
 
 clean-venv:
 	rm -rf $(VENV)
