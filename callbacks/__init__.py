@@ -1,6 +1,7 @@
 """Callbacks: run-folder bookkeeping, prediction writers, reports."""
 
 from callbacks.captions import CaptionWriter
+from callbacks.diffusion import AdapterExport, SampleGrid
 from callbacks.features import FeatureWriter
 from callbacks.predictions import PredictionWriter
 from callbacks.reports import TestReport
@@ -9,10 +10,12 @@ from callbacks.shadow_logits import ShadowLogitsWriter
 from callbacks.synthetic_images import SyntheticImageWriter
 
 __all__ = [
+    "AdapterExport",
     "CaptionWriter",
     "FeatureWriter",
     "PredictionWriter",
     "RunDirectory",
+    "SampleGrid",
     "ShadowLogitsWriter",
     "SyntheticImageWriter",
     "TestReport",

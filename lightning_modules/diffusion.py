@@ -50,6 +50,8 @@ class TextToImageDiffusion(LightningModule):
         guidance_scale: float = 2.0,
         height: int | None = None,
         width: int | None = None,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
     ) -> None:
         """Configure the model.
 
@@ -77,6 +79,8 @@ class TextToImageDiffusion(LightningModule):
             guidance_scale: classifier-free guidance scale; 1 disables the unconditional pass.
             height: generated image height in pixels; default the UNet sample size x VAE factor.
             width: generated image width in pixels; default as height.
+            num_classes: linked from the data module by the CLI; recorded only (prompts carry the classes).
+            class_names: linked from the data module by the CLI; recorded only.
         """
         super().__init__()
         if (pretrained_model_path is None) == (components is None):
@@ -88,6 +92,9 @@ class TextToImageDiffusion(LightningModule):
         if text_encoder_lora_targets is None:
             text_encoder_lora_targets = ["q_proj", "k_proj", "v_proj", "out_proj"]
         self.save_hyperparameters()
+        # Under LightningCLI save_hyperparameters records the arguments as given (None), not the defaults above.
+        self.hparams.lora_targets = list(lora_targets)
+        self.hparams.text_encoder_lora_targets = list(text_encoder_lora_targets)
         self.strict_loading = False  # checkpoints hold only the trainable weights
 
         from lightning_modules.networks.diffusion import build_components, load_components, training_scheduler
@@ -335,6 +342,36 @@ class TextToImageDiffusion(LightningModule):
             "prompt": list(batch["prompt"]),
             "label": batch["label"],
             "seed": batch["seed"],
+        }
+
+    def generation_config(self) -> dict[str, Any]:
+        """What decides the generated images, as JSON values (recorded by SyntheticImageWriter).
+
+        ``adapter_sha256`` is None: the trained weights come from the predict checkpoint (``--ckpt_path``), which
+        the Trainer loads only after the writer has recorded this configuration.
+        """
+        import hashlib
+        import json
+
+        hp = self.hparams
+        sample = self.unet.config.sample_size
+        sample = sample if isinstance(sample, int) else sample[0]
+        height = hp.height or sample * self.latent_scale
+        base = hp.pretrained_model_path
+        components = hp.components
+        return {
+            "guidance_scale": float(hp.guidance_scale),
+            "num_inference_steps": int(hp.num_inference_steps),
+            "sampler": hp.sampler,
+            "prediction_type": self.prediction_type,
+            "height": int(height),
+            "width": int(hp.width or height),
+            "finetune": hp.finetune,
+            "base_model": str(Path(base).expanduser().resolve()) if base else None,
+            "components_sha256": hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest()
+            if components is not None
+            else None,
+            "adapter_sha256": None,
         }
 
     # ------------------------------------------------------------------ export
