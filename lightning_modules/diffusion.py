@@ -52,6 +52,7 @@ class TextToImageDiffusion(LightningModule):
         width: int | None = None,
         num_classes: int | None = None,
         class_names: list[str] | None = None,
+        adapter_path: str | None = None,
     ) -> None:
         """Configure the model.
 
@@ -81,6 +82,9 @@ class TextToImageDiffusion(LightningModule):
             width: generated image width in pixels; default as height.
             num_classes: linked from the data module by the CLI; recorded only (prompts carry the classes).
             class_names: linked from the data module by the CLI; recorded only.
+            adapter_path: a LoRA exported by ``save_adapter`` / ``AdapterExport`` (its folder or the
+                ``pytorch_lora_weights.safetensors`` file) loaded onto the base, e.g. to generate from it. LoRA mode
+                only; lora_rank, lora_alpha, lora_targets and text_encoder_lora must be the training run's.
         """
         super().__init__()
         if (pretrained_model_path is None) == (components is None):
@@ -115,6 +119,8 @@ class TextToImageDiffusion(LightningModule):
             self._add_lora()
         else:
             self.unet.requires_grad_(True)
+        if adapter_path is not None:
+            self.load_adapter(adapter_path)
         self._upcast_trainable()
 
     def _lora_config(self, targets: list[str]) -> Any:
@@ -347,11 +353,13 @@ class TextToImageDiffusion(LightningModule):
     def generation_config(self) -> dict[str, Any]:
         """What decides the generated images, as JSON values (recorded by SyntheticImageWriter).
 
-        ``adapter_sha256`` is None: the trained weights come from the predict checkpoint (``--ckpt_path``), which
-        the Trainer loads only after the writer has recorded this configuration.
+        ``adapter_sha256`` is the sha256 of the ``adapter_path`` file; None without one (weights from a predict
+        ``--ckpt_path`` are loaded by the Trainer only after the writer has recorded this configuration).
         """
         import hashlib
         import json
+
+        from tools.files import file_sha256
 
         hp = self.hparams
         sample = self.unet.config.sample_size
@@ -371,7 +379,8 @@ class TextToImageDiffusion(LightningModule):
             "components_sha256": hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest()
             if components is not None
             else None,
-            "adapter_sha256": None,
+            "adapter": str(self.adapter_file(hp.adapter_path).resolve()) if hp.adapter_path else None,
+            "adapter_sha256": file_sha256(self.adapter_file(hp.adapter_path)) if hp.adapter_path else None,
         }
 
     # ------------------------------------------------------------------ export
@@ -412,6 +421,71 @@ class TextToImageDiffusion(LightningModule):
         out.mkdir(parents=True, exist_ok=True)
         StableDiffusionPipeline.save_lora_weights(out, safe_serialization=True, **kwargs)
         return out
+
+    @staticmethod
+    def adapter_file(path: str | Path) -> Path:
+        """The safetensors file of an exported LoRA (given its folder or the file itself)."""
+        path = Path(path).expanduser()
+        file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"adapter_path: expected a LoRA exported by save_adapter (a folder holding "
+                f"pytorch_lora_weights.safetensors, or that file); found nothing at {file}"
+            )
+        return file
+
+    def _check_adapter_scale(self, file: Path) -> None:
+        """Refuse an adapter whose recorded rank / alpha differ from this model's (shapes do not show alpha)."""
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(file), "pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("lora_adapter_metadata") or "{}")
+        want = {"r": self.hparams.lora_rank, "lora_alpha": self.hparams.lora_alpha or self.hparams.lora_rank}
+        for key, value in want.items():
+            found = meta.get(f"unet.{key}")
+            if found is not None and float(found) != float(value):
+                raise ValueError(
+                    f"adapter_path {file}: trained with unet {key} {found}, this model has {value}; "
+                    "set lora_rank / lora_alpha as in the training run"
+                )
+
+    def load_adapter(self, path: str | Path) -> None:
+        """Load a LoRA exported by ``save_adapter`` into this model's adapters (every LoRA weight must be there)."""
+        if self.hparams.finetune != "lora":
+            raise ValueError("adapter_path needs finetune: lora (a full fine-tune loads via pretrained_model_path)")
+        from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+        from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        file = self.adapter_file(path)
+        state = load_file(file)
+        self._check_adapter_scale(file)
+        parts = [("unet", self.unet, convert_unet_state_dict_to_peft)]
+        if self.hparams.text_encoder_lora:
+            parts.append(("text_encoder", self.text_encoder, convert_state_dict_to_peft))
+        known = {k for k in state if k.split(".", 1)[0] in {name for name, _, _ in parts}}
+        if known != set(state):
+            extra = sorted(set(state) - known)
+            raise ValueError(
+                f"adapter_path {file}: holds weights for {extra[0].split('.', 1)[0]} (e.g. {extra[0]}) but this model "
+                "has no LoRA there; set text_encoder_lora as in the training run"
+            )
+        for name, module, convert in parts:
+            prefix = f"{name}."
+            weights = convert({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+            expected = get_peft_model_state_dict(module)
+            missing = sorted(set(expected) - set(weights))
+            shapes = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+            if missing or shapes or len(weights) != len(expected):
+                detail = f"lacks {missing[0]}" if missing else f"{shapes[0]} has another shape" if shapes else ""
+                raise ValueError(
+                    f"adapter_path {file}: its {name} LoRA does not match this model ({detail or 'other layers'}); "
+                    "use the training run's lora_rank, lora_targets and base model"
+                )
+            set_peft_model_state_dict(module, weights)
+        self._upcast_trainable()
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

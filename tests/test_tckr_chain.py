@@ -11,10 +11,12 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from cli_helpers import CLASSES, tiny_config, tiny_dataset
 from PIL import Image
 
 from cli import main
+from tools.files import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 TCKR = ROOT / "configs" / "tckr"
@@ -79,14 +81,22 @@ def test_tckr_chain(tmp_path: Path) -> None:
     ckpt = lora / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
 
-    # 3. synthetic dataset from the fit checkpoint (base rebuilt from the saved options + LoRA weights)
+    # 3. synthetic dataset: the tiny base of the fit config + the exported adapter, at tiny sizes
     generate = _run(
         "predict",
         tmp_path,
         "generate",
-        [TCKR / "generate.yaml"],
-        "--ckpt_path",
-        str(ckpt),
+        [TCKR / "tiny_lora.yaml", TCKR / "generate.yaml"],
+        "--model.init_args.adapter_path",
+        str(adapter),
+        "--model.init_args.sampler",
+        "ddim",
+        "--model.init_args.num_inference_steps",
+        "3",
+        "--model.init_args.height",
+        "16",
+        "--model.init_args.width",
+        "16",
         "--data.init_args.captions",
         str(caption / "captions.jsonl"),
         "--data.init_args.real_train_root",
@@ -107,6 +117,8 @@ def test_tckr_chain(tmp_path: Path) -> None:
     config = json.loads((synthetic / "generation.json").read_text())
     assert config["complete"] and config["written"] == real_train
     assert config["guidance_scale"] == 2.0 and config["num_inference_steps"] == 3 and config["sampler"] == "ddim"
+    adapter_sha = file_sha256(adapter / "pytorch_lora_weights.safetensors")
+    assert config["adapter_sha256"] == adapter_sha and all(r["adapter_sha256"] == adapter_sha for r in rows)
     with Image.open(pngs[0]) as image:
         assert image.size == (16, 16)
 
@@ -144,3 +156,80 @@ def test_tckr_chain(tmp_path: Path) -> None:
     tested = _run("test", tmp_path, "student", [student / "config.yaml"], "--ckpt_path", str(student_ckpt))
     metrics = json.loads((tested / "test" / "metrics.json").read_text())["metrics"]
     assert 0.0 <= metrics["test/acc"] <= 1.0 and {f"test/acc_class/{n}" for n in names} <= set(metrics)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_adapter_path_loads_the_exported_lora(tmp_path: Path) -> None:
+    """adapter_path reproduces the trained LoRA (UNet and text encoder) and refuses adapters of another shape."""
+    import torch
+    from test_diffusion import make
+
+    model = make(lora_init="random", lora_alpha=8, text_encoder_lora=True).eval()
+    model.save_adapter(tmp_path / "lora")
+    loaded = make(lora_alpha=8, text_encoder_lora=True, adapter_path=str(tmp_path / "lora")).eval()
+    noisy, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 700])
+    with torch.no_grad():
+        emb = model.encode_prompts(["a cat", "a dog"])
+        assert torch.allclose(loaded.encode_prompts(["a cat", "a dog"]), emb, atol=1e-6)
+        assert torch.allclose(loaded(noisy, t, emb), model(noisy, t, emb), atol=1e-6)
+        assert not torch.allclose(make()(noisy, t, emb), model(noisy, t, emb), atol=1e-4)
+    file = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    assert loaded.generation_config()["adapter_sha256"] == file_sha256(file)
+
+    with pytest.raises(ValueError, match="unet r 4"):
+        make(lora_rank=2, lora_alpha=8, text_encoder_lora=True, adapter_path=str(file))
+    with pytest.raises(ValueError, match="lora_alpha"):
+        make(text_encoder_lora=True, adapter_path=str(file))
+    with pytest.raises(ValueError, match="text_encoder_lora"):
+        make(lora_alpha=8, adapter_path=str(file))
+    with pytest.raises(FileNotFoundError, match=r"pytorch_lora_weights\.safetensors"):
+        make(adapter_path=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="finetune: lora"):
+        make(finetune="full", adapter_path=str(file))
+
+
+def test_callback_arguments_are_checked() -> None:
+    from callbacks import AdapterExport, SampleGrid
+
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        SampleGrid(prompts=["a", "b"], seeds=[1])
+    with pytest.raises(ValueError, match="at least one prompt"):
+        SampleGrid(prompts=[])
+    assert SampleGrid(prompts=["a", "b"]).seeds == [0, 1]
+    with pytest.raises(ValueError, match="plain folder name"):
+        AdapterExport(dirname="../x")
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        AdapterExport(every_n_epochs=0)
+
+
+def test_full_size_configs_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    """The SD2 recipe configs (not runnable offline without weights) parse with TCKR's numbers."""
+    gpu = str(ROOT / "configs/trainer/gpu.yaml")
+    cases = [
+        ("fit", [TCKR / "lora.yaml"]),
+        ("predict", [TCKR / "lora.yaml", TCKR / "generate.yaml"]),
+        ("fit", [TCKR / "student.yaml", ROOT / "configs/recipes/tckr_classifier.yaml"]),
+    ]
+    printed = []
+    for command, configs in cases:
+        args = [command, "--config", gpu]
+        for config in configs:
+            args += ["--config", str(config)]
+        if command == "fit" and configs[0].name == "student.yaml":
+            args += ["--model.init_args.mixup_alpha", "0"]
+        with pytest.raises(SystemExit):
+            main([*args, "--print_config"])
+        printed.append(yaml.safe_load(capsys.readouterr().out))
+    lora, generate, student = printed
+    m = lora["model"]["init_args"]
+    assert (m["lora_rank"], m["lora_alpha"], m["lr"], m["snr_gamma"]) == (4, 4, 1e-4, None)
+    assert lora["data"]["init_args"]["resolution"] == 224 and lora["data"]["init_args"]["batch_size"] == 1
+    assert lora["trainer"]["accumulate_grad_batches"] == 4 and lora["trainer"]["max_epochs"] == 3
+    g = generate["model"]["init_args"]
+    assert (g["guidance_scale"], g["num_inference_steps"], g["sampler"], g["height"]) == (2.0, 20, "dpm", 224)
+    assert g["lora_rank"] == 4 and g["adapter_path"] == "runs/tckr/lora/adapter"
+    assert generate["data"]["class_path"].endswith("PromptDataModule")
+    assert "resolution" not in generate["data"]["init_args"]
+    s = student["model"]["init_args"]
+    assert s["mixup_alpha"] == 0 and s["label_smoothing"] == 0.1 and s["teacher_checkpoint"]
+    assert student["data"]["init_args"]["transform"] == "tckr"
