@@ -233,3 +233,41 @@ def test_full_size_configs_parse(capsys: pytest.CaptureFixture[str]) -> None:
     s = student["model"]["init_args"]
     assert s["mixup_alpha"] == 0 and s["label_smoothing"] == 0.1 and s["teacher_checkpoint"]
     assert student["data"]["init_args"]["transform"] == "tckr"
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_export_every_epoch_and_grid_to_wandb(tmp_path: Path) -> None:
+    """AdapterExport every epoch plus at fit end, one grid every 2 epochs, logged to an offline W&B run."""
+    from lightning import Trainer
+    from lightning.pytorch.loggers import WandbLogger
+    from test_diffusion import loader, make
+
+    from callbacks import AdapterExport, SampleGrid
+
+    model = make()
+    calls: list[str] = []
+    save = model.save_adapter
+    model.save_adapter = lambda directory: (calls.append(Path(directory).name), save(directory))[1]
+    logger = WandbLogger(project="t", save_dir=str(tmp_path), offline=True)
+    trainer = Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path / "run",
+        callbacks=[
+            AdapterExport(every_n_epochs=1, dirname="lora"),
+            SampleGrid(["a cat", "a dog"], seeds=[3, 4], every_n_epochs=2, num_inference_steps=2),
+        ],
+    )
+    trainer.fit(model, loader())
+    assert calls == [".lora.tmp"] * 3  # epochs 0 and 1, then fit end; always through the temporary folder
+    assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert not list((tmp_path / "run").glob(".lora*"))
+    assert [p.name for p in (tmp_path / "run" / "samples").glob("*.png")] == ["epoch001.png"]
+    meta = json.loads((tmp_path / "run" / "samples" / "epoch001.json").read_text())
+    assert meta == {"prompts": ["a cat", "a dog"], "seeds": [3, 4], "epoch": 1}
+    logger.experiment.finish()
+    assert list(tmp_path.rglob("media/images/samples_*.png"))
