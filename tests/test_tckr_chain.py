@@ -8,6 +8,7 @@ synthetic folder with a real-data teacher's soft labels -> student test metrics.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -270,4 +271,8 @@ def test_export_every_epoch_and_grid_to_wandb(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "run" / "samples" / "epoch001.json").read_text())
     assert meta == {"prompts": ["a cat", "a dog"], "seeds": [3, 4], "epoch": 1}
     logger.experiment.finish()
+    # wandb-core may still be writing the media file after finish() returns (seen in CI): wait for it, briefly.
+    deadline = time.monotonic() + 20
+    while not list(tmp_path.rglob("media/images/samples_*.png")) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert list(tmp_path.rglob("media/images/samples_*.png"))
