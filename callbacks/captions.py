@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from callbacks.features import _class_path, _hparams, _splits
 from callbacks.predictions import merge_rank_shards, per_loader
 from privacy.membership import ids_hash
-from tools.files import file_sha256, write_json_atomic, write_text_atomic
+from tools.files import file_sha256, read_output_manifest, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -138,19 +138,10 @@ def check_rerun(folder: Path, identity: dict[str, Any]) -> bool:
     Raises FileExistsError naming the folder and what differs otherwise, or when caption files lie there
     without a manifest.
     """
-    manifest = folder / MANIFEST
     present = [name for name in OUTPUTS if (folder / name).is_file()]
-    if not manifest.is_file():
-        if present:
-            raise FileExistsError(
-                f"{folder} holds {', '.join(present)} but no {MANIFEST}, so what produced them is unknown; they are "
-                "never overwritten (delete them if an interrupted run left them)"
-            )
+    old = read_output_manifest(folder / MANIFEST, present, "captions")
+    if old is None:
         return False
-    try:
-        old = json.loads(manifest.read_text())
-    except json.JSONDecodeError as err:
-        raise FileExistsError(f"{manifest} is not valid JSON ({err}); refusing to write captions there") from err
     differs = [
         f"{k} {old.get(k)!r} -> {v!r}"
         for k, v in identity.items()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -15,7 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from callbacks.predictions import merge_rank_shards, per_loader, stack_outputs
 from privacy.membership import ids_hash
-from tools.files import file_sha256, write_bytes_atomic, write_json_atomic
+from tools.files import file_sha256, json_plain, read_output_manifest, write_bytes_atomic, write_json_atomic
 
 MANIFEST = "manifest.json"
 # What makes two extractions the same: a rerun may rewrite a folder only when all of these agree.
@@ -126,19 +125,10 @@ def check_rerun(folder: Path, identity: dict[str, Any], split_hashes: dict[str, 
     Raises FileExistsError naming the folder and what differs otherwise (or when feature files lie there
     without a manifest).
     """
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        stray = sorted(p.name for p in folder.glob("*.npz")) if folder.is_dir() else []
-        if stray:
-            raise FileExistsError(
-                f"{folder} holds {', '.join(stray)} but no {MANIFEST}, so what produced them is unknown; they are "
-                "never overwritten (delete them if an interrupted extraction left them)"
-            )
+    stray = sorted(p.name for p in folder.glob("*.npz")) if folder.is_dir() else []
+    old = read_output_manifest(folder / MANIFEST, stray, "features")
+    if old is None:
         return None
-    try:
-        old = json.loads(manifest.read_text())
-    except json.JSONDecodeError as err:
-        raise FileExistsError(f"{manifest} is not valid JSON ({err}); refusing to write features there") from err
     differs = [f"{k} {old.get(k)!r} -> {identity[k]!r}" for k in IDENTITY_KEYS if old.get(k) != identity[k]]
     for split, digest in split_hashes.items():
         before = old.get("splits", {}).get(split, {}).get("ids_hash")
@@ -178,15 +168,4 @@ def _class_path(obj: Any) -> str:
 
 def _hparams(datamodule: Any) -> dict[str, Any]:
     """The data module's own arguments (LightningCLI's private ``_`` entries left out)."""
-    return {k: _plain(v) for k, v in dict(datamodule.hparams).items() if not str(k).startswith("_")}
-
-
-def _plain(value: Any) -> Any:
-    """Hyperparameters as JSON values (tuples -> lists, paths -> str)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+    return {k: json_plain(v) for k, v in dict(datamodule.hparams).items() if not str(k).startswith("_")}

@@ -42,7 +42,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
-from tools.files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from tools.files import json_plain, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 CONFIG_FILE = "generation.json"
 MANIFEST_FILE = "manifest.jsonl"
@@ -181,10 +181,10 @@ def generation_config(pl_module: LightningModule, datamodule: Any) -> dict[str, 
         module = dict(pl_module.generation_config())
     else:
         hp = dict(getattr(pl_module, "hparams", {}))
-        module = {k: _plain(hp[k]) for k in MODULE_KEYS if k in hp}
+        module = {k: json_plain(hp[k]) for k in MODULE_KEYS if k in hp}
     hp = datamodule.hparams
     return {
-        **{k: _plain(v) for k, v in module.items()},
+        **{k: json_plain(v) for k, v in module.items()},
         "model": f"{type(pl_module).__module__}.{type(pl_module).__name__}",
         "base_seed": int(hp.seed),
         "prompts_sha256": datamodule.captions_sha256,
@@ -246,13 +246,3 @@ def _check_prediction(prediction: Any) -> tuple[list[int], np.ndarray]:
 def _at(values: Any, i: int) -> Any:
     value = values[i]
     return value.item() if hasattr(value, "item") else value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

@@ -82,3 +82,39 @@ def unique_path(path: Path) -> Path:
     while (candidate := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
         n += 1
     return candidate
+
+
+def json_plain(value: Any) -> Any:
+    """A value as plain JSON for a manifest: dicts and sequences recursively, tuples -> lists, paths etc. -> str."""
+    if isinstance(value, dict):
+        return {str(k): json_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def read_output_manifest(manifest: Path, outputs: list[str], what: str) -> dict[str, Any] | None:
+    """The manifest of an output folder, None for a fresh folder; refuse outputs without one, or a broken one.
+
+    Args:
+        manifest: the manifest file; its folder is the output folder.
+        outputs: output file names found in the folder (they must not exist without a manifest).
+        what: what the folder holds, for the message (e.g. 'captions').
+
+    Raises:
+        FileExistsError: outputs but no manifest (what produced them is unknown: never overwritten), or a
+            manifest that is not valid JSON.
+    """
+    if not manifest.is_file():
+        if outputs:
+            raise FileExistsError(
+                f"{manifest.parent} holds {', '.join(outputs)} but no {manifest.name}, so what produced them is "
+                "unknown; they are never overwritten (delete them if an interrupted run left them)"
+            )
+        return None
+    try:
+        return json.loads(manifest.read_text())
+    except json.JSONDecodeError as err:
+        raise FileExistsError(f"{manifest} is not valid JSON ({err}); refusing to write {what} there") from err
