@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import yaml
 from fixtures_images import make_image_tree
 from lightning.pytorch.callbacks import Callback
 
+ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"ant": 8, "bee": 8, "cow": 8}
 ALL_BACKBONES = [
     "mobilenet_v3_small",
@@ -81,3 +85,21 @@ class CrashAtEpoch(Callback):
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated crash")
+
+
+def run_cli_process(
+    argv: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m cli ARGV` in a fresh process (DDP launches need one), without the test process's DDP variables,
+    plus ``env``; asserts it exits 0 and returns it (stdout, stderr captured)."""
+    clean = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"}}
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", *argv],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from cli_helpers import tiny_dataset
+from cli_helpers import run_cli_process, tiny_dataset
 
 from cli import main
 from datamodules import ImageFolderDataModule
@@ -246,18 +243,9 @@ def test_model_folder_errors_name_the_folder(data: Path, tmp_path: Path) -> None
 
 def test_ddp_captions_every_image_once(blip2: Path, data: Path, tmp_path: Path) -> None:
     config = _config(tmp_path / "c.yaml", data, split="all", model_path=str(blip2), max_new_tokens=3)
-    env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"}}
     run = ["--run.root", str(tmp_path / "runs"), "--run.study", "t", "--run.name", "ddp"]
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.init_args.batch_size", "2"]
-    result = subprocess.run(
-        [sys.executable, "-m", "cli", "predict", "--config", str(config), *run, *ddp],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_cli_process(["predict", "--config", str(config), *run, *ddp])
     folder = tmp_path / "runs" / "t" / "ddp"
     records = _check_files(folder, data, ("train", "val", "test"))  # 7 per split: DistributedSampler pads
     assert not list(folder.glob(".*"))  # shards merged and removed

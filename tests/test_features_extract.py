@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import tiny_dataset
+from cli_helpers import run_cli_process, tiny_dataset
 
 from cli import main
 from datamodules import ImageFolderDataModule
@@ -206,18 +204,9 @@ def test_predict_splits_follow_the_non_empty_splits(tmp_path: Path) -> None:
 def test_ddp_writes_every_example_once(tmp_path: Path) -> None:
     data = tiny_dataset(tmp_path / "data", {"ant": 3, "bee": 2, "cow": 2})  # 7 per split: DistributedSampler pads
     config = _config(tmp_path / "f.yaml", data)
-    env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"}}
     run = ["--run.root", str(tmp_path / "runs"), "--run.study", "t", "--run.name", "ddp"]
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.init_args.batch_size", "2"]
-    result = subprocess.run(
-        [sys.executable, "-m", "cli", "predict", "--config", str(config), *run, *ddp],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_cli_process(["predict", "--config", str(config), *run, *ddp])
     folder = tmp_path / "runs" / "t" / "ddp" / "mobilenet_v2-random"
     _check_folder(folder, data, 1280)
     assert not list(folder.glob(".*"))  # shards merged and removed

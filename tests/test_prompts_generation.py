@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from cli_helpers import tiny_dataset
+from cli_helpers import run_cli_process, tiny_dataset
 from lightning import LightningModule
 from lightning.pytorch.callbacks import Callback
 
@@ -253,30 +251,13 @@ def test_images_without_configuration_refused(tmp_path: Path) -> None:
 def test_ddp_writes_every_index_once(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     config = _config(tmp_path, out, batch_size=2)
-    env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"}}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")])
+    # The test-only generator lives in tests/: the child processes must import it too.
+    path = os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])
     run = ["--run.root", str(tmp_path / "runs"), "--run.study", "g", "--run.name", "ddp"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "predict",
-            "--config",
-            str(config),
-            *run,
-            "--trainer.strategy",
-            "ddp",
-            "--trainer.devices",
-            "2",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_cli_process(
+        ["predict", "--config", str(config), *run, "--trainer.strategy", "ddp", "--trainer.devices", "2"],
+        env={"PYTHONPATH": path},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     single = tmp_path / "single"
     _predict(tmp_path, _config(tmp_path, single), "single")
     assert _files(out) == _files(single)

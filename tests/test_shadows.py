@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import CrashAtEpoch, state_of, tiny_dataset
+from cli_helpers import CrashAtEpoch, run_cli_process, state_of, tiny_dataset
 
 from cli import main
 from datamodules import ImageFolderDataModule
@@ -393,25 +393,12 @@ def test_bad_ensemble_settings(study: Study, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ddp_on_cpu_with_two_processes(tmp_path: Path) -> None:
     """Fit and query the ensemble with 2 DDP processes: every query example once, the design intact."""
-    import os
-    import subprocess
-    import sys
-
     root = tiny_dataset(tmp_path / "data")
     config = str(_shadow_config(tmp_path / "shadows.yaml", root))
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
-    env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"}}
-    env["WANDB_DIR"] = str(tmp_path)
     for command in (["fit"], ["predict", "--ckpt_path", "last"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "cli", command[0], "--config", config, *_run(tmp_path, "ddp"), *ddp, *command[1:]],
-            cwd=Path(__file__).resolve().parents[1],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
+        argv = [command[0], "--config", config, *_run(tmp_path, "ddp"), *ddp, *command[1:]]
+        run_cli_process(argv, env={"WANDB_DIR": str(tmp_path)})
     run_dir = tmp_path / "runs" / "t" / "ddp"
     data = load_shadows(str(run_dir / "shadows.npz"))
     assert data["logits"].shape == (K, N, Q, C)
