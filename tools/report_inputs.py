@@ -33,6 +33,8 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from jsonargparse.typing import path_type
 
+from privacy.metrics import supports_fpr  # the attack's own rule, so reports and metrics.json agree
+
 # A path from a config file: jsonargparse records the config file's folder with it (``.cwd``) and keeps the
 # text as written (``.relative``); ``resolve_input`` applies the lookup rule above. From Python, a str works.
 ConfigPath: TypeAlias = path_type("", docstring="path; relative: working directory first, then the config's folder")
@@ -51,11 +53,6 @@ def tpr_key(fpr: float) -> str:
 def pct_key(fpr: float) -> str:
     """``tpr_at_0.1pct_fpr``: the reports' key stem for the TPR at ``fpr`` (FPR written in percent)."""
     return f"tpr_at_{100 * fpr:g}pct_fpr"
-
-
-def supports_fpr(non_members: int, fpr: float) -> bool:
-    """At least 1/FPR non-members: otherwise no threshold can be placed at that FPR."""
-    return non_members * fpr >= 1 - 1e-9
 
 
 # ---- paths ------------------------------------------------------------------------------------------------
