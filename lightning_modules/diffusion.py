@@ -405,86 +405,30 @@ class TextToImageDiffusion(LightningModule):
                 },
                 out,
             )
-        from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
+        from lightning_modules.networks.lora_files import save_lora_adapter
 
-        kwargs: dict[str, Any] = {
-            "unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet)),
-            "unet_lora_adapter_metadata": self.unet_lora_config.to_dict(),
-        }
         if self.hparams.text_encoder_lora:
-            kwargs["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(self.text_encoder)
+            return save_lora_adapter(
+                out, self.unet, self.unet_lora_config, self.text_encoder, self.text_encoder_lora_config
             )
-            kwargs["text_encoder_lora_adapter_metadata"] = self.text_encoder_lora_config.to_dict()
-        out.mkdir(parents=True, exist_ok=True)
-        StableDiffusionPipeline.save_lora_weights(out, safe_serialization=True, **kwargs)
-        return out
+        return save_lora_adapter(out, self.unet, self.unet_lora_config)
 
     @staticmethod
     def adapter_file(path: str | Path) -> Path:
         """The safetensors file of an exported LoRA (given its folder or the file itself)."""
-        path = Path(path).expanduser()
-        file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
-        if not file.is_file():
-            raise FileNotFoundError(
-                f"adapter_path: expected a LoRA exported by save_adapter (a folder holding "
-                f"pytorch_lora_weights.safetensors, or that file); found nothing at {file}"
-            )
-        return file
+        from lightning_modules.networks.lora_files import adapter_file
 
-    def _check_adapter_scale(self, file: Path) -> None:
-        """Refuse an adapter whose recorded rank / alpha differ from this model's (shapes do not show alpha)."""
-        import json
-
-        from safetensors import safe_open
-
-        with safe_open(str(file), "pt") as handle:
-            meta = json.loads((handle.metadata() or {}).get("lora_adapter_metadata") or "{}")
-        want = {"r": self.hparams.lora_rank, "lora_alpha": self.hparams.lora_alpha or self.hparams.lora_rank}
-        for key, value in want.items():
-            found = meta.get(f"unet.{key}")
-            if found is not None and float(found) != float(value):
-                raise ValueError(
-                    f"adapter_path {file}: trained with unet {key} {found}, this model has {value}; "
-                    "set lora_rank / lora_alpha as in the training run"
-                )
+        return adapter_file(path)
 
     def load_adapter(self, path: str | Path) -> None:
         """Load a LoRA exported by ``save_adapter`` into this model's adapters (every LoRA weight must be there)."""
         if self.hparams.finetune != "lora":
             raise ValueError("adapter_path needs finetune: lora (a full fine-tune loads via pretrained_model_path)")
-        from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
-        from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-        from safetensors.torch import load_file
+        from lightning_modules.networks.lora_files import load_lora_adapter
 
-        file = self.adapter_file(path)
-        state = load_file(file)
-        self._check_adapter_scale(file)
-        parts = [("unet", self.unet, convert_unet_state_dict_to_peft)]
-        if self.hparams.text_encoder_lora:
-            parts.append(("text_encoder", self.text_encoder, convert_state_dict_to_peft))
-        known = {k for k in state if k.split(".", 1)[0] in {name for name, _, _ in parts}}
-        if known != set(state):
-            extra = sorted(set(state) - known)
-            raise ValueError(
-                f"adapter_path {file}: holds weights for {extra[0].split('.', 1)[0]} (e.g. {extra[0]}) but this model "
-                "has no LoRA there; set text_encoder_lora as in the training run"
-            )
-        for name, module, convert in parts:
-            prefix = f"{name}."
-            weights = convert({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-            expected = get_peft_model_state_dict(module)
-            missing = sorted(set(expected) - set(weights))
-            shapes = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
-            if missing or shapes or len(weights) != len(expected):
-                detail = f"lacks {missing[0]}" if missing else f"{shapes[0]} has another shape" if shapes else ""
-                raise ValueError(
-                    f"adapter_path {file}: its {name} LoRA does not match this model ({detail or 'other layers'}); "
-                    "use the training run's lora_rank, lora_targets and base model"
-                )
-            set_peft_model_state_dict(module, weights)
+        hp = self.hparams
+        text_encoder = self.text_encoder if hp.text_encoder_lora else None
+        load_lora_adapter(path, self.unet, hp.lora_rank, hp.lora_alpha or hp.lora_rank, text_encoder)
         self._upcast_trainable()
 
     # ------------------------------------------------------------------ checkpoints
