@@ -10,6 +10,8 @@ Inputs (npz):
   target (optional): ``logits`` (N, C) or (N, Q, C) with the shadows' Q, and ``ids`` (N,) in their order.
       With a target, ``members_file`` lists (one id per line) the examples the target trained on.
       Without a target, each shadow in turn is the target and the others are references (leave-one-out).
+      A target checkpoint that learned the members indirectly (a student distilled from the teacher that trained
+      on them) names the teacher's run with ``members_via``; the member list is checked against that run.
 
 Attacks: LiRA online / offline (Carlini et al. 2022), the global-threshold baseline and RMIA (Zarifzadeh et
 al. 2024). Each has a minimum number of shadows (``privacy.lira.minimum_shadows``); fewer is refused.
@@ -66,6 +68,7 @@ def run_attack(
     resamples: int = 1000,
     bootstrap_seed: int = 0,
     control: bool = False,
+    members_via: str | None = None,
     device: str = "cpu",
 ) -> Path:
     """Score membership with LiRA (online, offline), the global-threshold baseline and RMIA.
@@ -96,11 +99,28 @@ def run_attack(
         bootstrap_seed: seed of the bootstrap draws.
         control: the target is a control attacked with another model's member list (expect chance): its run
             must have trained on none of the members, instead of on all of them.
+        members_via: for a target that learned the members indirectly, the run folder (or a checkpoint in it) that
+            trained on them directly and from which the target derives: the teacher a student was distilled
+            from (the student trained on synthetic images only), or a generator's fine-tuning run. The member list
+            is then checked against this run's recorded ids (every member must be among them, as for a direct
+            target), and the target's own run must have trained on none of the members (else it is a direct
+            target: attack it without members_via); its data may select other examples than the shadows', but
+            not other classes or pixels. Needs target_checkpoint; not with control. The run and the sha256 of
+            its ``trained_ids.txt`` are recorded in metrics.json (``members_via``, ``settings.members_via``).
         device: where the target checkpoint runs (cpu, cuda).
     """
     out_dir = Path(out)
     if target is not None and target_checkpoint is not None:
         raise ValueError("give --target (saved logits) or --target_checkpoint, not both")
+    if members_via is not None and target_checkpoint is None:
+        raise ValueError(
+            "--members_via checks the run of a target checkpoint against the members' run: give --target_checkpoint"
+        )
+    if members_via is not None and control:
+        raise ValueError(
+            "--members_via (the target learned the members through another run) and --control true (the target "
+            "never saw them) contradict each other: give one of them"
+        )
     if resamples < 100:
         raise ValueError(f"--resamples must be at least 100 for a 95 % percentile interval; got {resamples}")
     if target_checkpoint is not None:
@@ -140,17 +160,23 @@ def run_attack(
         if target_checkpoint is None:
             raise ValueError("--control true checks a target run's recorded training ids: give --target_checkpoint")
         settings["control"] = True
+    if members_via is not None:
+        from tools.target_logits import members_via_setting
+
+        settings["members_via"] = members_via_setting(members_via)
     if _already_done(out_dir / "metrics.json", settings):
         return out_dir
     if target_checkpoint is not None:
         from tools.shadow_check import check_shadows_match_target
         from tools.target_logits import check_target_trained_on, compute_target_logits
 
-        # Class names and data settings first (a wrong pairing is refused by name), then the member ids.
-        for message in check_shadows_match_target(Path(shadows).parent, Path(target_checkpoint), control=control):
+        # Class names and data settings first (a wrong pairing is refused by name), then the member ids. A target
+        # that learned the members via another run trained on other examples by design, like a control.
+        indirect = control or members_via is not None
+        for message in check_shadows_match_target(Path(shadows).parent, Path(target_checkpoint), control=indirect):
             print(f"warning: --target_checkpoint {target_checkpoint}: {message}", file=sys.stderr)
         members = [str(i) for i in data["ids"][evaluation.keep[evaluation.is_member]]]
-        check_target_trained_on(target_checkpoint, members, str(evaluation.members_file), control)
+        check_target_trained_on(target_checkpoint, members, str(evaluation.members_file), control, members_via)
         target = str(compute_target_logits(target_checkpoint, shadows, out_dir / "target_logits.npz", device))
     rmia = {"gamma": rmia_gamma, "offline_a": rmia_offline_a}
     if leave_out:
@@ -169,6 +195,7 @@ def run_attack(
         "settings": settings,
         "shadows": int(data["logits"].shape[0]),
         "target_checkpoint": target_checkpoint,
+        "members_via": settings["members_via"]["run"] if members_via is not None else None,
         "intervals": {"method": METHOD, "resamples": resamples, "seed": bootstrap_seed},
         "metrics": results,
     }

@@ -16,7 +16,7 @@ from jsonargparse import ArgumentParser
 from lightning import LightningDataModule, LightningModule
 
 from privacy.membership import ids_hash
-from tools.files import write_bytes_atomic
+from tools.files import file_sha256, write_bytes_atomic
 
 
 def load_run_datamodule(run_dir: Path) -> LightningDataModule:
@@ -97,13 +97,33 @@ def compute_target_logits(checkpoint: str, shadows: str, out_file: Path, device:
     return write_bytes_atomic(out_file, lambda handle: np.savez(handle, **payload))
 
 
-def check_target_trained_on(checkpoint: str, members: list[str], members_from: str, control: bool = False) -> None:
+def members_via_setting(members_via: str) -> dict[str, Any]:
+    """The attack's ``settings["members_via"]``: the run folder (resolved) and the sha256 of its trained ids.
+
+    ``trained_ids_sha256`` is None when the run recorded no ids (the member check then warns). Raises
+    FileNotFoundError when ``members_via`` does not exist.
+    """
+    from tools.trained_ids import TRAINED_IDS, run_folder_of
+
+    if not Path(members_via).exists():
+        raise FileNotFoundError(f"--members_via: {members_via} does not exist")
+    run = run_folder_of(members_via).resolve()
+    ids = run / TRAINED_IDS
+    return {"run": str(run), "trained_ids_sha256": file_sha256(ids) if ids.is_file() else None}
+
+
+def check_target_trained_on(
+    checkpoint: str, members: list[str], members_from: str, control: bool = False, members_via: str | None = None
+) -> None:
     """Check the member list against the ids the target's fit recorded (``<run>/trained_ids.txt``).
 
     A target must have trained on every listed member (else its "members" are partly non-members and the AUC is
     diluted towards 0.5 without a word); a *control* (``control``: a model attacked with another model's member
-    list to show chance-level figures) must have trained on none of them. A run without a record (fitted before
-    synthpriv recorded ids) is accepted with a warning.
+    list to show chance-level figures) must have trained on none of them. A target that learned the members
+    indirectly (``members_via``: the run that trained on them, e.g. the teacher of a student trained on synthetic
+    images) is checked in two steps: ``members_via`` must have trained on every member, the target itself on none
+    (one that did is a direct target). A run without a record (fitted before synthpriv recorded ids) is accepted
+    with a warning.
 
     Raises:
         ValueError: naming the run, the member file, how many members disagree and examples of them.
@@ -111,6 +131,9 @@ def check_target_trained_on(checkpoint: str, members: list[str], members_from: s
     from tools.trained_ids import check_members_trained, read_trained_ids, run_folder_of
 
     what = f"--target_checkpoint {checkpoint}"
+    if members_via is not None:
+        _check_members_via(checkpoint, list(members), members_from, members_via)
+        return
     if not control:
         check_members_trained(list(members), checkpoint, what, members_from)
         return
@@ -124,4 +147,32 @@ def check_target_trained_on(checkpoint: str, members: list[str], members_from: s
             f"{what} is attacked as a control (--control true) but {run_folder_of(checkpoint)} trained on "
             f"{len(seen)} of the {len(members)} members in {members_from} (e.g. {seen[:3]}); a control must never "
             "have seen them"
+        )
+
+
+def _check_members_via(checkpoint: str, members: list[str], members_from: str, members_via: str) -> None:
+    """``members_via`` trained on every member; the target (learning them through it) trained on none."""
+    import warnings
+
+    from tools.trained_ids import TRAINED_IDS, check_members_trained, read_trained_ids, run_folder_of
+
+    via = f"--members_via {members_via} (the run the target learned its members through)"
+    check_members_trained(members, members_via, via, members_from)
+    trained = read_trained_ids(checkpoint)
+    target = run_folder_of(checkpoint)
+    if trained is None:
+        warnings.warn(
+            f"--target_checkpoint {checkpoint}: {target} has no {TRAINED_IDS}, so it cannot be checked that the "
+            f"target did not train directly on the {len(members)} members in {members_from}",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    seen = sorted(set(members) & set(trained))
+    if seen:
+        raise ValueError(
+            f"--target_checkpoint {checkpoint} trained directly on {len(seen)} of the {len(members)} members in "
+            f"{members_from} ({target / TRAINED_IDS}, e.g. {seen[:3]}), so it is a direct target; --members_via is "
+            "for targets that learned the members only through another run (a student of the teacher): attack "
+            "it without --members_via"
         )
