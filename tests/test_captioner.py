@@ -170,7 +170,10 @@ def _check_files(folder: Path, data: Path, splits: tuple[str, ...] = ("train",))
     assert len({(r["split"], r["id"]) for r in records}) == len(records)
     for record, (split, sample) in zip(records, expected):
         assert set(record) == {"id", "split", "path", "label", "class", "caption", "tokens"}
-        assert record["split"] == split and record["path"] == str(sample.path) and record["label"] == sample.label
+        assert record["split"] == split and record["label"] == sample.label
+        # The path is relative to the captions folder (how read_captions resolves it).
+        assert not Path(record["path"]).is_absolute()
+        assert (folder / record["path"]).resolve() == Path(sample.path).resolve()
         assert record["class"] == dm.class_names[sample.label]
         assert "\n" not in record["caption"]
     lines = (folder / "prompts_classname_caption.txt").read_text().split("\n")
@@ -193,6 +196,41 @@ def test_template_captions_every_image(data: Path, tmp_path: Path) -> None:
     assert all(r["tokens"] == 0 for r in records)
     lines = (folder / "prompts_classname_caption.txt").read_text().split("\n")
     assert lines[0] == "ant: a photo of a ant"
+
+
+def test_relative_data_root_gives_paths_read_captions_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data root and run root given relative to the working folder: the records still point at the images."""
+    from datamodules.captioned_images import CaptionedImageDataModule, read_captions
+
+    tiny_dataset(tmp_path / "work" / "data", CLASSES)
+    monkeypatch.chdir(tmp_path / "work")
+    config = _config(Path("c.yaml"), Path("data"), split="all", template="a photo of a {class_name}")
+    assert yaml.safe_load(config.read_text())["data"]["init_args"]["train_roots"] == "data/train"
+    folder = _predict(config, Path("out"), "relative")
+    assert not folder.is_absolute()
+    captions = folder / "captions.jsonl"
+    records = [json.loads(line) for line in captions.read_text().splitlines() if line]
+    assert len(records) == 3 * sum(CLASSES.values())
+    for record in records:
+        assert not Path(record["path"]).is_absolute()
+        # From out/runs/t/relative/ back to data/<split>/<class>/<file>.
+        assert record["path"] == f"../../../../data/{record['split']}/{record['class']}/{Path(record['path']).name}"
+
+    # Resolved from a different working folder, so only the captions file's folder can anchor the paths.
+    monkeypatch.chdir(tmp_path)
+    absolute = tmp_path / "work" / captions
+    for split in ("train", "val", "test"):
+        resolved = read_captions(absolute, split)
+        assert len(resolved) == sum(CLASSES.values())
+        for record in resolved:
+            image = Path(record["path"])
+            assert image.is_file()
+            assert image.resolve().parent.parent == (tmp_path / "work" / "data" / split).resolve()
+    dm = CaptionedImageDataModule(str(absolute), prompt_type="template", resolution=16, batch_size=2)
+    assert dm.class_names == list(CLASSES)
+    assert dm.train_example_ids() == [r["id"] for r in records if r["split"] == "train"]
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["pixel_values"].shape == (2, 3, 16, 16)
 
 
 def test_blip2_captions_are_greedy_bounded_and_rerun_safe(blip2: Path, data: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning import Trainer, seed_everything
+from lightning import Callback, Trainer, seed_everything
 from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,3 +305,140 @@ def test_adapter_export_loads_in_pipeline(tmp_path: Path, one_torch_thread) -> N
     full.save_adapter(tmp_path / "full")
     reloaded = make(components=None, pretrained_model_path=str(tmp_path / "full"))
     assert torch.equal(reloaded.unet.conv_in.weight, full.unet.conv_in.weight)
+
+
+# --------------------------------------------------------------------------- lr warm-up and EMA checkpoints
+
+
+class _LrRecorder(Callback):
+    """Records, before each optimiser step, how many steps were done and the learning rate."""
+
+    def __init__(self) -> None:
+        self.lrs: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_lr_warmup_is_linear_then_constant(tmp_path: Path, one_torch_thread) -> None:
+    lr, warmup, steps = 0.01, 4, 7
+    model = make(components=tiny_config(vae=False), lr=lr, lr_warmup_steps=warmup)
+    recorder = _LrRecorder()
+    fit = trainer(tmp_path, steps, callbacks=[recorder])
+    fit.fit(model, DataLoader(FixedBatch(), batch_size=2))  # 2 batches per epoch: the schedule spans epochs
+    assert sorted(recorder.lrs) == list(range(steps))
+    for k in range(steps):
+        assert recorder.lrs[k] == pytest.approx(lr * min(1.0, (k + 1) / warmup)), k
+    assert [recorder.lrs[k] / lr for k in range(steps)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1, 1])
+    (config,) = fit.lr_scheduler_configs
+    assert config.interval == "step" and config.frequency == 1
+    assert fit.optimizers[0].param_groups[0]["lr"] == pytest.approx(lr)
+
+    # No warm-up: a constant rate and no scheduler at all.
+    plain = make(components=tiny_config(vae=False), lr=lr)
+    recorder = _LrRecorder()
+    fit = trainer(tmp_path / "plain", 2, callbacks=[recorder])
+    fit.fit(plain, DataLoader(FixedBatch(), batch_size=2))
+    assert recorder.lrs == {0: lr, 1: lr}
+    assert fit.lr_scheduler_configs == []
+
+
+def test_negative_lr_warmup_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"lr_warmup_steps.*-1"):
+        make(components=tiny_config(vae=False), lr_warmup_steps=-1)
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    keys = model.trainable_keys
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in keys}
+
+
+def _ema_fit(root: Path, model, max_epochs: int, ckpt_path: Path | None = None, extra: list | None = None):
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    from callbacks.diffusion import AdapterExport
+
+    fit = Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=[
+            EMAWeightAveraging(decay=0.9),
+            ModelCheckpoint(dirpath=root / "checkpoints", save_last=True),
+            AdapterExport(),
+            *(extra or []),
+        ],
+    )
+    fit.fit(model, DataLoader(FixedBatch(), batch_size=2), ckpt_path=ckpt_path)
+    return fit
+
+
+def test_ema_checkpoint_is_trimmed_resumes_and_export_holds_ema(tmp_path: Path, one_torch_thread) -> None:
+    from lightning_modules.diffusion import TextToImageDiffusion
+
+    class RawWeights(Callback):
+        """The raw (non-averaged) trainable weights after every optimiser step."""
+
+        def __init__(self) -> None:
+            self.after_step: list[dict[str, torch.Tensor]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.after_step.append(_trainable(pl_module))
+
+    seed_everything(0)
+    model = make(components=tiny_config(vae=False), lr=1e-2, lora_init="gaussian", lr_warmup_steps=2)
+    keys = model.trainable_keys
+    assert keys and all("lora_" in k for k in keys)
+    raw = RawWeights()
+    fit = _ema_fit(tmp_path, model, max_epochs=2, extra=[raw])
+    assert fit.global_step == 4 and len(raw.after_step) == 4
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert set(ckpt["state_dict"]) == keys
+    assert set(ckpt["current_model_state"]) == keys
+    assert "averaging_state" in ckpt
+
+    # current_model_state: the raw weights after the last step; state_dict: their EMA (decay 0.9, first = copy).
+    expected = dict(raw.after_step[0])
+    for weights in raw.after_step[1:]:
+        expected = {k: 0.9 * expected[k] + 0.1 * weights[k] for k in keys}
+    for k in keys:
+        assert torch.equal(ckpt["current_model_state"][k], raw.after_step[-1][k]), k
+        assert torch.allclose(ckpt["state_dict"][k], expected[k], atol=1e-6), k
+    assert any(not torch.allclose(ckpt["state_dict"][k], ckpt["current_model_state"][k]) for k in keys)
+
+    # After fit the module holds the EMA weights (Lightning copies them at train end) ...
+    final = _trainable(model)
+    assert all(torch.equal(final[k], ckpt["state_dict"][k]) for k in keys)
+    # ... so AdapterExport (at fit end, afterwards) exported the EMA weights.
+    exported = _trainable(make(components=tiny_config(vae=False), adapter_path=str(tmp_path / "adapter")))
+    assert set(exported) == keys
+    assert all(torch.allclose(exported[k], ckpt["state_dict"][k]) for k in keys)
+    assert any(not torch.allclose(exported[k], ckpt["current_model_state"][k]) for k in keys)
+
+    # Resume from last.ckpt for one more epoch: the raw weights come back into the module and the EMA into the
+    # averaged model (both refilled with the frozen weights, else the strict loads would fail).
+    class AtStart(Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.module = _trainable(pl_module)
+            ema = next(c for c in trainer.callbacks if type(c).__name__ == "EMAWeightAveraging")
+            self.average = _trainable(ema._average_model.module)
+
+    seed_everything(1)
+    fresh = make(components=tiny_config(vae=False), lr=1e-2, lora_init="gaussian", lr_warmup_steps=2)
+    start = AtStart()
+    resumed = _ema_fit(tmp_path / "resume", fresh, max_epochs=3, ckpt_path=last, extra=[start])
+    assert resumed.current_epoch == 3 and resumed.global_step == 6
+    assert all(torch.equal(start.module[k], ckpt["current_model_state"][k]) for k in keys)
+    assert all(torch.equal(start.average[k], ckpt["state_dict"][k]) for k in keys)
+    again = torch.load(tmp_path / "resume" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert set(again["state_dict"]) == set(again["current_model_state"]) == keys
+    assert again["global_step"] == 6
+
+    # The EMA checkpoint also loads for inference (no trainer, no callback): the EMA weights.
+    loaded = TextToImageDiffusion.load_from_checkpoint(last, map_location="cpu", weights_only=True)
+    assert all(torch.equal(_trainable(loaded)[k], ckpt["state_dict"][k]) for k in keys)
