@@ -101,7 +101,7 @@ class CaptionWriter(BasePredictionWriter):
         for split, batches in zip(splits, loaders):
             merged = merge_rank_shards(trainer, folder, f"captions_{split}.npz", _stack(batches))
             if merged is not None:
-                split_records = _records(split, merged, datamodule.samples(split), class_names)
+                split_records = _records(split, merged, datamodule.samples(split), class_names, folder)
                 counts[split] = {"count": len(split_records), "ids_hash": self._identity["splits"][split]}
                 records += split_records
         if trainer.is_global_zero:
@@ -179,7 +179,11 @@ def _stack(batches: Sequence[Any]) -> dict[str, np.ndarray]:
     }
 
 
-def _records(split: str, merged: dict[str, np.ndarray], samples: list[Any], class_names: list[str]) -> list[dict]:
+def _records(
+    split: str, merged: dict[str, np.ndarray], samples: list[Any], class_names: list[str], folder: Path
+) -> list[dict]:
+    """One record per example; ``path`` relative to the captions folder (how ``read_captions`` resolves it)."""
+    base = Path(folder).resolve()
     index = merged["index"]
     if not np.array_equal(index, np.arange(len(samples))):
         raise RuntimeError(f"CaptionWriter: predictions cover {len(index)} of the {len(samples)} {split} examples")
@@ -194,7 +198,7 @@ def _records(split: str, merged: dict[str, np.ndarray], samples: list[Any], clas
             {
                 "id": sample.example_id,
                 "split": split,
-                "path": str(sample.path),
+                "path": os.path.relpath(Path(sample.path).resolve(), base),
                 "label": label,
                 "class": class_names[label],
                 "caption": str(merged["caption"][i]),

@@ -5,6 +5,7 @@ from datamodules.features import FeatureDataModule
 from datamodules.images import ImageFolderDataModule
 from datamodules.membership import MembershipDataModule
 from datamodules.prompts import PromptDataModule
+from datamodules.synthetic_pool import SyntheticPoolDataModule
 
 __all__ = [
     "CaptionedImageDataModule",
@@ -12,4 +13,5 @@ __all__ = [
     "ImageFolderDataModule",
     "MembershipDataModule",
     "PromptDataModule",
+    "SyntheticPoolDataModule",
 ]

@@ -44,6 +44,46 @@ def read_captions(captions: str | Path, split: str | None = "train") -> list[dic
     return records
 
 
+def read_id_list(path: str | Path, option: str) -> list[str]:
+    """Ids listed one per line in ``path`` (blank lines ignored); an error naming ``option`` when unusable."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"{option}: {file} does not exist; expected a file of example ids, one per line")
+    ids = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"{option}: {file} lists no ids")
+    return ids
+
+
+def select_records(
+    records: list[dict[str, Any]], captions: str | Path, include_ids: str | None, exclude_ids: str | None
+) -> list[dict[str, Any]]:
+    """The caption records kept by an include list and/or an exclude list of example ids."""
+    if include_ids is not None:
+        wanted = read_id_list(include_ids, "data.include_ids")
+        known = {r["id"] for r in records}
+        missing = [i for i in wanted if i not in known]
+        if missing:
+            raise ValueError(
+                f"data.include_ids: {len(missing)} of the {len(wanted)} ids in {include_ids} have no caption in "
+                f"{captions} (e.g. {missing[:3]}); caption the same images (and split) the ids come from"
+            )
+        keep = set(wanted)
+        records = [r for r in records if r["id"] in keep]
+    if exclude_ids is not None:
+        drop = set(read_id_list(exclude_ids, "data.exclude_ids"))
+        known = {r["id"] for r in records}
+        if not drop & known:
+            raise ValueError(
+                f"data.exclude_ids: none of the {len(drop)} ids in {exclude_ids} has a caption in {captions}; "
+                "the ids do not come from these images (nothing would be excluded)"
+            )
+        records = [r for r in records if r["id"] not in drop]
+    if not records:
+        raise ValueError(f"captions: no image of {captions} is left after data.include_ids / data.exclude_ids")
+    return records
+
+
 class CaptionedImageDataset(Dataset):
     """Images in [-1, 1] with their prompts."""
 
@@ -77,6 +117,8 @@ class CaptionedImageDataModule(LightningDataModule):
         random_flip: bool = True,
         batch_size: int = 4,
         num_workers: int = 0,
+        include_ids: str | None = None,
+        exclude_ids: str | None = None,
     ) -> None:
         """Read and check the captions file.
 
@@ -91,12 +133,17 @@ class CaptionedImageDataModule(LightningDataModule):
             random_flip: random horizontal flip.
             batch_size: images per batch (per device).
             num_workers: data-loading worker processes.
+            include_ids: keep only the images whose id is listed in this file (one id per line, e.g. a teacher run's
+                ``trained_ids.txt``: fine-tune on exactly the teacher's private images). Every listed id must have
+                a caption.
+            exclude_ids: drop the images listed in this file (e.g. pretrain a base model on public images disjoint
+                from a teacher's ``trained_ids.txt``).
         """
         super().__init__()
         self.save_hyperparameters()
         if prompt_type == "template" and "{class_name}" not in template:
             raise ValueError(f"template {template!r} has no {{class_name}} placeholder")
-        self.records = read_captions(captions, split)
+        self.records = select_records(read_captions(captions, split), captions, include_ids, exclude_ids)
         labelled = {r["class"]: r["label"] for r in self.records if "label" in r}
         if len(labelled) == len({r["class"] for r in self.records}):
             self.class_names = [c for c, _ in sorted(labelled.items(), key=lambda kv: kv[1])]
@@ -126,6 +173,10 @@ class CaptionedImageDataModule(LightningDataModule):
             steps.append(T.RandomHorizontalFlip())
         steps += [T.ToTensor(), T.Normalize([0.5], [0.5])]
         return T.Compose(steps)
+
+    def train_example_ids(self) -> list[str]:
+        """Ids of the training images in dataset order (recorded by fit as ``trained_ids.txt``)."""
+        return [str(r["id"]) for r in self.records]
 
     def setup(self, stage: str | None = None) -> None:
         """Build the training dataset."""

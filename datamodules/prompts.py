@@ -136,6 +136,8 @@ class PromptDataModule(LightningDataModule):
         real_train_size: number of real training images (|real train|); or give ``real_train_root``.
         real_train_root: class-folder tree of the real training images, counted for |real train| and used
             to check the class names.
+        real_train_ids: a file of the real training images' ids, one per line (a teacher run's
+            ``trained_ids.txt``), counted for |real train| when the teacher trained on part of a folder.
         cardinality: synthetic images per real training image (TCKR: 0.1 to 20); N = round(cardinality ×
             |real train|), halves up.
         prompt_type: ``classname_caption`` ("<class>: <caption>", TCKR), ``caption`` (the caption alone) or
@@ -152,6 +154,7 @@ class PromptDataModule(LightningDataModule):
         class_names: list[str] | None = None,
         real_train_size: int | None = None,
         real_train_root: str | None = None,
+        real_train_ids: str | None = None,
         cardinality: float = 1.0,
         prompt_type: PromptType = "classname_caption",
         template: str = "a photo of a {class_name}",
@@ -163,11 +166,17 @@ class PromptDataModule(LightningDataModule):
         self.save_hyperparameters()
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive number of prompts a batch; found {batch_size}")
-        if (real_train_size is None) == (real_train_root is None):
+        given = [v is not None for v in (real_train_size, real_train_root, real_train_ids)]
+        if sum(given) != 1:
             raise ValueError(
-                "PromptDataModule needs exactly one of real_train_size (a number) and real_train_root (a class-folder "
-                f"tree to count); found real_train_size={real_train_size}, real_train_root={real_train_root}"
+                "PromptDataModule needs exactly one of real_train_size (a number), real_train_root (a class-folder "
+                "tree to count) and real_train_ids (a trained_ids.txt to count); found "
+                f"real_train_size={real_train_size}, real_train_root={real_train_root}, real_train_ids={real_train_ids}"
             )
+        if real_train_ids is not None:
+            from datamodules.captioned_images import read_id_list
+
+            real_train_size = len(read_id_list(real_train_ids, "data.real_train_ids"))
         root_classes = None
         if real_train_root is not None:
             from datamodules.folders import scan_class_folders

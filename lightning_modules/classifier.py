@@ -8,6 +8,7 @@ recipes: AdamW + cosine (TCKR) and SGD-Nesterov + multistep (SemSim).
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -65,7 +66,8 @@ class ImageClassifier(LightningModule):
             bn_momentum: BatchNorm momentum applied to every BN layer (None keeps the model's own).
             label_smoothing: label smoothing of the cross-entropy (TCKR: 0.1).
             mixup_alpha: Beta(alpha, alpha) MixUp on training batches; 0 disables it. Ignored when distilling.
-            teacher_checkpoint: ImageClassifier checkpoint of a frozen teacher; when set, the loss is
+            teacher_checkpoint: ImageClassifier checkpoint of a frozen teacher (or its run folder: the best
+                checkpoint, else last.ckpt); when set, the loss is
                 distillation on the teacher's soft labels for the same augmented batch.
             distill_temperature: softmax temperature for teacher and student logits.
             distill_weight: weight of the soft-label loss; 1 - distill_weight goes to the hard-label loss.
@@ -116,6 +118,11 @@ class ImageClassifier(LightningModule):
         path = self.hparams.teacher_checkpoint
         if path is None or self._teacher is not None:
             return
+        if Path(path).is_dir():
+            # A run folder: its best checkpoint (recorded by ModelCheckpoint), else last.ckpt.
+            from tools.target_logits import resolve_target_checkpoint
+
+            path = resolve_target_checkpoint(str(path))
         teacher = ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         if teacher.hparams.num_classes != self.hparams.num_classes:
             raise ValueError(

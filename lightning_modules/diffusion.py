@@ -41,6 +41,7 @@ class TextToImageDiffusion(LightningModule):
         text_encoder_lora: bool = False,
         text_encoder_lora_targets: list[str] | None = None,
         lr: float = 1e-4,
+        lr_warmup_steps: int = 0,
         weight_decay: float = 1e-2,
         snr_gamma: float | None = None,
         noise_offset: float = 0.0,
@@ -71,6 +72,8 @@ class TextToImageDiffusion(LightningModule):
             text_encoder_lora: also train a LoRA on the text encoder (LoRA mode only).
             text_encoder_lora_targets: text encoder modules to adapt; default q_proj, k_proj, v_proj, out_proj.
             lr: AdamW learning rate (TCKR / diffusers LoRA: 1e-4).
+            lr_warmup_steps: linear warm-up from 0 over this many optimiser steps, then constant (diffusers'
+                ``constant_with_warmup``); 0 keeps the rate constant (TCKR).
             weight_decay: AdamW weight decay.
             snr_gamma: min-SNR-gamma loss weighting (recommended 5.0); None = plain MSE.
             noise_offset: scale of the per-(sample, channel) offset noise added to the noise; 0 disables it.
@@ -89,6 +92,8 @@ class TextToImageDiffusion(LightningModule):
         super().__init__()
         if (pretrained_model_path is None) == (components is None):
             raise ValueError("TextToImageDiffusion: give exactly one of pretrained_model_path and components")
+        if lr_warmup_steps < 0:
+            raise ValueError(f"model.lr_warmup_steps: expected 0 or more, got {lr_warmup_steps}")
         if not 0.0 <= prompt_dropout <= 1.0:
             raise ValueError(f"prompt_dropout must lie in [0, 1], got {prompt_dropout}")
         if lora_targets is None:
@@ -433,9 +438,15 @@ class TextToImageDiffusion(LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only the trainable weights (LoRA or the full UNet); frozen ones come from the base again."""
+        """Keep only the trainable weights (LoRA or the full UNet); frozen ones come from the base again.
+
+        With Lightning's ``EMAWeightAveraging`` callback, ``state_dict`` holds the averaged weights and
+        ``current_model_state`` the raw ones (the callback's hook runs first); both are trimmed.
+        """
         keep = self.trainable_keys
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        for key in ("state_dict", "current_model_state"):
+            if key in checkpoint:
+                checkpoint[key] = {k: v for k, v in checkpoint[key].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint that lacks trainable weights of this model; fill in the frozen ones from the base."""
@@ -453,9 +464,16 @@ class TextToImageDiffusion(LightningModule):
                 "check finetune, lora_targets and text_encoder_lora against the training config"
             )
         frozen = {k: v for k, v in self.state_dict().items() if k not in saved}
-        checkpoint["state_dict"] = {**frozen, **checkpoint["state_dict"]}
+        for key in ("state_dict", "current_model_state"):
+            if key in checkpoint:
+                checkpoint[key] = {**frozen, **checkpoint[key]}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW over the trainable parameters only."""
+    def configure_optimizers(self) -> Any:
+        """AdamW over the trainable parameters only, with an optional linear warm-up (stepped per batch)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        warmup = int(self.hparams.get("lr_warmup_steps") or 0)
+        if warmup == 0:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
