@@ -187,10 +187,13 @@ class TextToImageDiffusion(LightningModule):
 
     # ------------------------------------------------------------------ encoding
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> (scaled) latents; the images themselves in pixel space."""
+        """Images in [-1, 1] -> (scaled) latents; in pixel space the images themselves (their mean over RGB for a
+        1-channel UNet, e.g. a grayscale dataset)."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values: expected (B,3,H,W), got {tuple(pixel_values.shape)}")
         if self.vae is None:
+            if self.unet.config.in_channels == 1:  # grayscale pixel-space model: the luminance channel
+                return pixel_values.float().mean(dim=1, keepdim=True)
             return pixel_values.float()
         vae_dtype = next(self.vae.parameters()).dtype
         with torch.no_grad():
@@ -199,9 +202,10 @@ class TextToImageDiffusion(LightningModule):
         return ((latents - shift) * self.vae.config.scaling_factor).float()
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in [-1, 1]."""
+        """Latents -> images in [-1, 1], (B,3,H,W) (a 1-channel pixel-space model's output repeated over RGB)."""
         if self.vae is None:
-            return latents.clamp(-1, 1)
+            images = latents.clamp(-1, 1)
+            return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         vae_dtype = next(self.vae.parameters()).dtype
         images = self.vae.decode((latents / self.vae.config.scaling_factor + shift).to(vae_dtype)).sample

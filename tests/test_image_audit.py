@@ -154,3 +154,33 @@ def test_image_audit_through_the_cli(folders: dict[str, Path], tmp_path: Path) -
     holdout = f"[{folders['val']}, {folders['test']}]"
     main(["image-audit", str(folders["synthetic"]), str(folders["train"]), holdout, str(out), "--image_size", "8"])
     assert json.loads((out / "audit.json").read_text())["pixels"]["exact_copy_share"] == pytest.approx(2 / 5)
+
+
+def test_real_train_ids_restrict_the_training_images(folders: dict[str, Path], tmp_path: Path) -> None:
+    # The generator trained on cat/0 and dog/1 only (ids as a fit records them: '<source>/<class>/<file>').
+    ids = tmp_path / "trained_ids.txt"
+    ids.write_text("train0/cat/0.png\ntrain0/dog/1.png\n")
+    out = tmp_path / "audit"
+    image_audit(
+        str(folders["synthetic"]),
+        str(folders["train"]),
+        str(folders["val"]),
+        str(out),
+        image_size=8,
+        real_train_ids=str(ids),
+    )
+    pixels = json.loads((out / "audit.json").read_text())["pixels"]
+    rows = {r["synthetic"]: r for r in pixels["images"]}
+    assert {r["nearest_train"] for r in rows.values()} <= {"cat/0.png", "dog/1.png"}
+    assert pixels["exact_copy_share"] == pytest.approx(1 / 5)  # dog/3's copy no longer counts: not trained on
+    ids.write_text("train0/cat/0.png\ntrain0/cow/9.png\n")
+    with pytest.raises(ValueError, match=r"real_train_ids: 1 of the 2 ids .* name no image of real_train"):
+        image_audit(
+            str(folders["synthetic"]),
+            str(folders["train"]),
+            str(folders["val"]),
+            str(tmp_path / "o2"),
+            image_size=8,
+            real_train_ids=str(ids),
+        )
+    assert not (tmp_path / "o2").exists()

@@ -147,6 +147,15 @@ def test_bad_inputs(tmp_path: Path) -> None:
     ok = tiny_dataset(tmp_path / "ok", {"ant": 2, "bee": 1, "cow": 2})
     counted = _dm(tmp_path, class_names=None, real_train_size=None, real_train_root=str(ok / "train"))
     assert counted.real_train_size == 5 and counted.class_names == ["ant", "bee", "cow"] and len(counted.items) == 5
+    ids = tmp_path / "trained_ids.txt"
+    ids.write_text("train0/ant/0.png\ntrain0/bee/0.png\n\ntrain0/cow/1.png\n")
+    from_ids = _dm(tmp_path, real_train_size=None, real_train_ids=str(ids), cardinality=2.0)
+    assert from_ids.real_train_size == 3 and len(from_ids.items) == 6
+    with pytest.raises(ValueError, match="exactly one of real_train_size"):
+        _dm(tmp_path, real_train_ids=str(ids))
+    ids.write_text("\n")
+    with pytest.raises(ValueError, match="real_train_ids: .* lists no ids"):
+        _dm(tmp_path, real_train_size=None, real_train_ids=str(ids))
 
 
 def _config(tmp_path: Path, out: Path, crash: bool = False, guidance: float = 2.0, batch_size: int = 3) -> Path:

@@ -44,6 +44,24 @@ def _read_images(root: str, option: str, image_size: int) -> tuple[list[str], li
     return sorted(scan), ids, classes, np.stack(pixels)
 
 
+def _select_ids(
+    ids_file: str, root: str, ids: list[str], classes: list[str], pixels: np.ndarray
+) -> tuple[list[str], list[str], np.ndarray]:
+    """The images of ``root`` named by ``ids_file`` (ids matched on their last two parts, '<class>/<file>')."""
+    from datamodules.captioned_images import read_id_list
+
+    wanted = ["/".join(i.replace("\\", "/").split("/")[-2:]) for i in read_id_list(ids_file, "real_train_ids")]
+    position = {name: k for k, name in enumerate(ids)}
+    missing = [w for w in wanted if w not in position]
+    if missing:
+        raise ValueError(
+            f"real_train_ids: {len(missing)} of the {len(wanted)} ids in {ids_file} name no image of real_train "
+            f"({root}), e.g. {missing[:3]}; give the folder the run trained from"
+        )
+    keep = sorted({position[w] for w in wanted})
+    return [ids[k] for k in keep], [classes[k] for k in keep], pixels[keep]
+
+
 def _same_classes(expected: list[str], expected_root: str, found: list[str], found_root: str, option: str) -> None:
     if found != expected:
         raise ValueError(
@@ -195,6 +213,7 @@ def image_audit(
     image_size: int = 32,
     pairs: int = 16,
     copy_ratio: float = 0.1,
+    real_train_ids: str | None = None,
 ) -> Path:
     """Memorisation audit of a synthetic image folder against the real training and holdout folders.
 
@@ -210,6 +229,9 @@ def image_audit(
         image_size: side in pixels that every image is resized to (bicubic) for the pixel audit.
         pairs: how many closest pairs the PNG and the Markdown list show.
         copy_ratio: near-copy cut-off as a fraction of the median real-to-real nearest distance.
+        real_train_ids: the generator's training images when they are part of ``real_train`` only: a file of
+            example ids, one per line (e.g. the teacher run's ``trained_ids.txt``, ids ending in
+            ``<class>/<file>``); every id must name an image of ``real_train``.
     """
     from privacy.image_audit import memorisation_audit
 
@@ -225,6 +247,8 @@ def image_audit(
         raise ValueError("image-audit: real_holdout needs at least one folder")
     # Every input is read and checked before any audit runs or anything is written.
     names, train_ids, train_cls, train_px = _read_images(real_train, "real_train", image_size)
+    if real_train_ids is not None:
+        train_ids, train_cls, train_px = _select_ids(real_train_ids, real_train, train_ids, train_cls, train_px)
     if len(train_ids) < 2:
         raise ValueError(f"real_train: {real_train} holds {len(train_ids)} image; the audit needs at least 2")
     syn_names, syn_ids, syn_cls, syn_px = _read_images(synthetic, "synthetic", image_size)
@@ -256,6 +280,7 @@ def image_audit(
         "inputs": {
             "synthetic": str(synthetic),
             "real_train": str(real_train),
+            "real_train_ids": real_train_ids,
             "real_holdout": [str(h) for h in holdouts],
             "synthetic_embeddings": synthetic_embeddings,
             "train_embeddings": train_embeddings,

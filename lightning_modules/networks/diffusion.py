@@ -140,7 +140,8 @@ def build_components(config: dict[str, Any]) -> dict[str, Any]:
 
     Keys:
         unet: ``UNet2DConditionModel`` keyword arguments.
-        vae: ``AutoencoderKL`` keyword arguments, or null/absent for a pixel-space model (UNet in/out channels 3).
+        vae: ``AutoencoderKL`` keyword arguments, or null/absent for a pixel-space model (UNet in/out channels 3, or
+            1 for grayscale images: trained on the RGB mean, generated images repeat it over RGB).
         text_encoder: ``CLIPTextConfig`` keyword arguments; vocab_size and bos/eos/pad ids default to the tokenizer's.
         tokenizer: a local tokenizer folder (str), or ``{words: [...], max_length: 16}`` for a word-level tokenizer.
         scheduler: ``{kind: ddpm|ddim|dpm|pndm, prediction_type: epsilon|v_prediction, ...}`` scheduler kwargs.
@@ -182,10 +183,10 @@ def build_components(config: dict[str, Any]) -> dict[str, Any]:
         unet = UNet2DConditionModel(**_tuples(config["unet"]))
         vae = AutoencoderKL(**_tuples(config["vae"])) if config.get("vae") else None
         text_encoder = CLIPTextModel(CLIPTextConfig(**te_kwargs))
-    if vae is None and unet.config.in_channels != 3:
+    if vae is None and (unet.config.in_channels not in (1, 3) or unet.config.out_channels != unet.config.in_channels):
         raise ValueError(
-            f"components: no vae (pixel space) but unet.in_channels={unet.config.in_channels}; "
-            "a pixel-space UNet takes 3 channels"
+            f"components: no vae (pixel space) but unet in/out channels {unet.config.in_channels}/"
+            f"{unet.config.out_channels}; a pixel-space UNet takes and returns 3 channels (RGB) or 1 (grayscale)"
         )
     return {
         "unet": unet,
