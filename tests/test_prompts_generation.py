@@ -154,7 +154,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exactly one of real_train_size"):
         _dm(tmp_path, real_train_ids=str(ids))
     ids.write_text("\n")
-    with pytest.raises(ValueError, match="real_train_ids: .* lists no ids"):
+    with pytest.raises(ValueError, match=r"real_train_ids: .* lists no ids"):
         _dm(tmp_path, real_train_size=None, real_train_ids=str(ids))
 
 
