@@ -451,6 +451,21 @@ class TextToImageDiffusion(LightningModule):
         for key in ("state_dict", "current_model_state"):
             if key in checkpoint:
                 checkpoint[key] = {k: v for k, v in checkpoint[key].items() if k in keep}
+        # The random generators, so that a resumed fit draws the noise, timesteps, prompt dropout and the
+        # DataLoader's shuffle exactly as an uninterrupted one (Lightning does not restore them). Plain tensors,
+        # lists and numbers: the checkpoint still loads with weights_only=True.
+        import random
+
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, state, gauss_next = random.getstate()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(state), gauss_next],
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint that lacks trainable weights of this model; fill in the frozen ones from the base."""
@@ -471,6 +486,22 @@ class TextToImageDiffusion(LightningModule):
         for key in ("state_dict", "current_model_state"):
             if key in checkpoint:
                 checkpoint[key] = {**frozen, **checkpoint[key]}
+        # A resumed fit continues the saved random streams (see on_save_checkpoint); every process gets the saved
+        # ones (seed_everything gives all ranks the same seed). Validation, test, predict and
+        # load_from_checkpoint leave the generators alone.
+        rng = checkpoint.get("rng_states")
+        if rng is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            import random
+
+            import numpy as np
+
+            torch.set_rng_state(rng["torch"])
+            if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            kind, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            version, state, gauss_next = rng["python"]
+            random.setstate((version, tuple(state), gauss_next))
 
     def configure_optimizers(self) -> Any:
         """AdamW over the trainable parameters only, with an optional linear warm-up (stepped per batch)."""

@@ -21,7 +21,10 @@ from tools.cli_errors import CommandLineError, one_line
 from tools.resume_changes import check_resume_changes
 from tools.run_config import configure_run, ensure_checkpointing
 from tools.run_dirs import RunOptions
-from tools.trainer_presets import adapt_trainer_config
+from tools.trainer_presets import adapt_trainer_config, resolved_accelerator
+
+#: trainer.precision values that mean fp16 (Lightning reads 16 and "16" as "16-mixed").
+FP16_PRECISIONS = ("16", "16-mixed", "16-true")
 
 
 class SynthPrivCLI(LightningCLI):
@@ -62,6 +65,8 @@ class SynthPrivCLI(LightningCLI):
         except ArgumentError as err:  # only raised with exit_on_error=False
             raise CommandLineError(one_line(err, self._option_names(str(err)))) from err
         subcommand = self.config.get("subcommand")
+        if subcommand:  # before the run folder is touched
+            _check_precision(self.config[subcommand].trainer)
         if subcommand == "fit":
             _check_max_epochs(self.config.fit.trainer.get("max_epochs"))
         if subcommand:
@@ -99,3 +104,30 @@ def _check_max_epochs(max_epochs: int | None) -> None:
             "trainer.max_epochs: expected a positive number of epochs (or -1: no limit, with trainer.max_steps); "
             "found 0, which trains nothing"
         )
+
+
+def _check_precision(trainer: Any) -> None:
+    """fp16 on a CPU is refused: Lightning would silently train ``16-mixed`` in bf16 instead (a warning, then
+    ``bf16-mixed``), and ``16-true`` puts fp16 weights on a CPU, which few CPU kernels support well."""
+    precision = trainer.get("precision")
+    if precision is None or str(precision) not in FP16_PRECISIONS:
+        return
+    accelerator = trainer.get("accelerator")
+    class_path = accelerator.get("class_path") if hasattr(accelerator, "get") else None
+    if class_path is not None:  # an accelerator given by class: the CPU one is CPUAccelerator
+        kind = "cpu" if str(class_path).rsplit(".", 1)[-1] == "CPUAccelerator" else "other"
+    else:
+        kind = resolved_accelerator(accelerator)
+    if kind != "cpu":
+        return
+    given = "auto" if accelerator is None else str(accelerator if class_path is None else class_path)
+    where = "cpu" if given.lower() == "cpu" else f"{given}, which is the CPU on this machine (no GPU found)"
+    why = (
+        "fp16 weights, which most CPU kernels lack"
+        if str(precision) == "16-true"
+        else "fp16 autocast does not run on a CPU; Lightning would quietly train in bf16-mixed instead"
+    )
+    raise CommandLineError(
+        f"trainer.precision: expected bf16-mixed or 32-true on a CPU (or a GPU for fp16); found {precision} with "
+        f"trainer.accelerator {where} ({why})"
+    )

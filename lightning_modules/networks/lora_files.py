@@ -103,7 +103,10 @@ def load_lora_adapter(
         missing = sorted(set(expected) - set(weights))
         shapes = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
         if missing or shapes or len(weights) != len(expected):
-            detail = f"lacks {missing[0]}" if missing else f"{shapes[0]} has another shape" if shapes else ""
+            detail = f"lacks {missing[0]}" if missing else ""
+            if shapes and not missing:
+                found, wanted = tuple(weights[shapes[0]].shape), tuple(expected[shapes[0]].shape)
+                detail = f"{shapes[0]} has another shape: {found} in the file, {wanted} in this model"
             raise ValueError(
                 f"adapter_path {file}: its {name} LoRA does not match this model ({detail or 'other layers'}); "
                 "use the training run's lora_rank, lora_targets and base model"
