@@ -230,3 +230,18 @@ def test_generators_are_left_alone_outside_a_fit(tmp_path: Path, one_torch_threa
     with_checkpoint = validate(last)
     assert torch.equal(with_checkpoint, validate(None))
     assert not torch.equal(with_checkpoint, saved)
+
+
+@pytest.mark.parametrize("weights", ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"])
+def test_model_folder_missing_weights_is_named(
+    saved_model: Path, weights: str, tmp_path: Path, one_torch_thread
+) -> None:
+    import shutil
+
+    from lightning_modules.diffusion import TextToImageDiffusion
+
+    folder = shutil.copytree(saved_model, tmp_path / "sd")
+    (folder / weights).unlink()
+    sub, name = weights.split("/")
+    with pytest.raises(ValueError, match=rf"{sub} has a config.json but no weights; expected {re.escape(name)}"):
+        TextToImageDiffusion(pretrained_model_path=str(folder))

@@ -78,6 +78,12 @@ def load_components(path: str | Path) -> dict[str, Any]:
                 + ", ".join(f"{s}/{n}" for s, n in REQUIRED_FILES.items())
                 + f" with the weights next to each config (put the {sub} files into {root / sub})"
             )
+    for sub in ("unet", "text_encoder", *(["vae"] if (root / "vae" / "config.json").is_file() else [])):
+        if not _has_weights(root / sub):
+            raise ValueError(
+                f"pretrained_model_path: {root / sub} has a config.json but no weights; expected "
+                f"{' or '.join(WEIGHT_FILES[sub])} (or their sharded .index.json) next to it"
+            )
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
@@ -95,6 +101,19 @@ def load_components(path: str | Path) -> dict[str, Any]:
         "tokenizer": tokenizer,
         "scheduler_config": _plain_scheduler_config(scheduler_config),
     }
+
+
+WEIGHT_FILES = {
+    "unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    "text_encoder": ("model.safetensors", "pytorch_model.bin"),
+}
+
+
+def _has_weights(folder: Path) -> bool:
+    """A diffusers / transformers component folder holds its weights (single file, fp16 variant or shards)."""
+    stems = tuple(n.rsplit(".", 1)[0] for n in WEIGHT_FILES[folder.name])
+    return any(f.name.startswith(stems) and f.suffix in (".safetensors", ".bin", ".json") for f in folder.iterdir())
 
 
 def _plain_scheduler_config(config: dict[str, Any]) -> dict[str, Any]:
