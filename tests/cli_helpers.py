@@ -103,3 +103,19 @@ def run_cli_process(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def one_line_error(monkeypatch: Any, argv: list[str]) -> str:
+    """Run the console entry point as the shell would: it must exit with one line, no traceback."""
+    from cli import main
+
+    monkeypatch.setattr(sys, "argv", ["synthpriv", *argv])
+    monkeypatch.delenv("SYNTHPRIV_DEBUG", raising=False)
+    try:
+        main()
+    except SystemExit as exit_info:
+        message = str(exit_info.code)
+    else:
+        raise AssertionError(f"synthpriv {' '.join(argv)} did not exit with an error")
+    assert message.startswith("synthpriv: error: ") and "\n" not in message and "Traceback" not in message
+    return message

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import one_line_error
 
 from cli import main
 from privacy.membership import balanced_mask
@@ -161,17 +161,6 @@ def indirect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     }
 
 
-def _one_line_error(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> str:
-    """The console entry point as the shell runs it: one line, no traceback."""
-    monkeypatch.setattr(sys, "argv", ["synthpriv", *argv])
-    monkeypatch.delenv("SYNTHPRIV_DEBUG", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    message = str(exit_info.value.code)
-    assert message.startswith("synthpriv: error: ") and "\n" not in message and "Traceback" not in message
-    return message
-
-
 def test_members_via_attacks_a_student_with_its_teachers_members(
     indirect: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -219,7 +208,7 @@ def test_members_via_run_missing_members_is_refused(
     n = len(indirect["members"])
     with pytest.raises(ValueError, match=rf"--members_via .*partial .*trained on {n - 5} examples .*; 5 of the {n} "):
         main([*argv, "--members_via", str(partial)])
-    message = _one_line_error(monkeypatch, [*argv, "--members_via", str(partial)])
+    message = one_line_error(monkeypatch, [*argv, "--members_via", str(partial)])
     assert f"5 of the {n} members" in message
     assert not (tmp_path / "mia" / "metrics.json").exists()
 
@@ -233,7 +222,7 @@ def test_direct_target_with_members_via_is_refused(
     n = len(indirect["members"])
     with pytest.raises(ValueError, match=rf"trained directly on 40 of the {n} members .* without --members_via"):
         main([*argv, "--members_via", str(indirect["teacher"])])
-    message = _one_line_error(monkeypatch, [*argv, "--members_via", str(indirect["teacher"])])
+    message = one_line_error(monkeypatch, [*argv, "--members_via", str(indirect["teacher"])])
     assert "twin" in message and "direct target" in message
     assert not (tmp_path / "mia" / "metrics.json").exists()
 
@@ -244,11 +233,11 @@ def test_members_via_needs_a_target_checkpoint_and_no_control(
     (tmp_path / "target.npz").write_bytes(b"never read: refused before")
     via = ["--members_via", str(indirect["teacher"])]
     saved = [*indirect["args"], str(tmp_path / "a"), "--target", str(tmp_path / "target.npz"), *via]
-    assert "give --target_checkpoint" in _one_line_error(monkeypatch, saved)
+    assert "give --target_checkpoint" in one_line_error(monkeypatch, saved)
     with pytest.raises(ValueError, match="give --target_checkpoint"):
         main([*indirect["args"], str(tmp_path / "b"), *via])  # leave-one-out over the shadows
     control = [*indirect["args"], str(tmp_path / "c"), "--target_checkpoint", str(indirect["student"]), *via]
-    assert "contradict" in _one_line_error(monkeypatch, [*control, "--control", "true"])
+    assert "contradict" in one_line_error(monkeypatch, [*control, "--control", "true"])
     with pytest.raises(FileNotFoundError, match=r"--members_via: .*missing does not exist"):
         main([*control[:-1], str(tmp_path / "missing")])
     assert indirect["controls"] == [] and not any((tmp_path / x).exists() for x in "abc")

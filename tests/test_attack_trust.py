@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import one_line_error
 from sklearn.metrics import roc_auc_score
 
 from cli import main
@@ -55,17 +55,6 @@ def _target_attack(tmp_path: Path, d: dict, target_logits: np.ndarray | None = N
 
 def _metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
-
-
-def _one_line_error(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> str:
-    """Run the console entry point as the shell would (no args): it must exit with one line, no traceback."""
-    monkeypatch.setattr(sys, "argv", ["synthpriv", *argv])
-    monkeypatch.delenv("SYNTHPRIV_DEBUG", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    message = str(exit_info.value.code)
-    assert message.startswith("synthpriv: error: ") and "\n" not in message and "Traceback" not in message
-    return message
 
 
 # ----------------------------------------------------------------------------------- 1. query views
@@ -169,7 +158,7 @@ def test_diverged_shadow_is_named_not_dropped(tmp_path: Path, monkeypatch: pytes
     np.savez(tmp_path / "nan.npz", **{**d, "logits": logits})
     with pytest.raises(ValueError, match=r"'logits'.* NaN or infinite; the first is nan at model 3, example 17"):
         main(["attack", str(tmp_path / "nan.npz"), str(tmp_path / "a")])
-    message = _one_line_error(monkeypatch, ["attack", str(tmp_path / "nan.npz"), str(tmp_path / "b")])
+    message = one_line_error(monkeypatch, ["attack", str(tmp_path / "nan.npz"), str(tmp_path / "b")])
     assert "nan.npz" in message and "model 3, example 17" in message
     target = d["logits"][0].copy()
     target[5, 1, 2] = np.inf
@@ -402,6 +391,6 @@ def test_bad_shadow_files_end_in_one_line(
     if "k" in change:
         d["logits"], d["mask"] = d["logits"][: change["k"]], d["mask"][: change["k"]]
     np.savez(tmp_path / "bad.npz", **d)
-    message = _one_line_error(monkeypatch, ["attack", str(tmp_path / "bad.npz"), str(tmp_path / "out")])
+    message = one_line_error(monkeypatch, ["attack", str(tmp_path / "bad.npz"), str(tmp_path / "out")])
     assert expected in message
     assert not (tmp_path / "out" / "metrics.json").exists()
