@@ -124,6 +124,12 @@ def test_build_save_load_roundtrip(tmp_path: Path, one_torch_thread) -> None:
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ids = parts["tokenizer"](["a cat"]).input_ids
     assert loaded["tokenizer"](["a cat"]).input_ids == ids
+    # a latent model's folder is a diffusers pipeline folder too (model_index.json, no safety checker)
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "sd", local_files_only=True)
+    assert pipe.safety_checker is None and torch.equal(pipe.unet.conv_in.weight, parts["unet"].conv_in.weight)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
     # same config, same seed -> same weights
     again = build_components(tiny_config("v_prediction"))
     assert torch.equal(again["unet"].conv_in.weight, parts["unet"].conv_in.weight)

@@ -222,13 +222,33 @@ def _tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_components(components: dict[str, Any], path: str | Path) -> Path:
-    """Write components as a diffusers folder (unet/, vae/ when present, text_encoder/, tokenizer/, scheduler/)."""
+    """Write components as a diffusers folder (unet/, vae/ when present, text_encoder/, tokenizer/, scheduler/).
+
+    A latent model (with a VAE) is written by ``StableDiffusionPipeline.save_pretrained`` (no safety checker), so
+    the folder also has ``model_index.json`` and ``StableDiffusionPipeline.from_pretrained`` loads it; diffusers has
+    no text-to-image pipeline for a pixel-space UNet, so such a folder holds the components only (which
+    ``load_components`` / ``pretrained_model_path`` read).
+    """
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    components["unet"].save_pretrained(root / "unet")
+    scheduler = training_scheduler(components["scheduler_config"])
     if components.get("vae") is not None:
-        components["vae"].save_pretrained(root / "vae")
+        from diffusers import StableDiffusionPipeline
+
+        pipeline = StableDiffusionPipeline(
+            vae=components["vae"],
+            text_encoder=components["text_encoder"],
+            tokenizer=components["tokenizer"],
+            unet=components["unet"],
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipeline.save_pretrained(root)
+        return root
+    components["unet"].save_pretrained(root / "unet")
     components["text_encoder"].save_pretrained(root / "text_encoder")
     components["tokenizer"].save_pretrained(root / "tokenizer")
-    training_scheduler(components["scheduler_config"]).save_pretrained(root / "scheduler")
+    scheduler.save_pretrained(root / "scheduler")
     return root
