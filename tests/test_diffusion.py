@@ -448,3 +448,21 @@ def test_ema_checkpoint_is_trimmed_resumes_and_export_holds_ema(tmp_path: Path, 
     # The EMA checkpoint also loads for inference (no trainer, no callback): the EMA weights.
     loaded = TextToImageDiffusion.load_from_checkpoint(last, map_location="cpu", weights_only=True)
     assert all(torch.equal(_trainable(loaded)[k], ckpt["state_dict"][k]) for k in keys)
+
+
+def test_bf16_mixed_lora_fit_on_cpu(tmp_path: Path, one_torch_thread) -> None:
+    """A real bf16-mixed fit (CPU autocast): frozen weights bf16, LoRA weights trained in fp32, finite loss."""
+    seed_everything(0)
+    model = make(components=tiny_config("v_prediction"), lr=1e-2)
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    fit = trainer(tmp_path, 4, precision="bf16-mixed")
+    fit.fit(model, loader())
+    assert (
+        model.unet.conv_in.weight.dtype == torch.bfloat16 and model.vae.encoder.conv_in.weight.dtype == torch.bfloat16
+    )
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trained.values())
+    assert any(not torch.equal(start[n], trained[n]) for n in trained)
+    assert torch.isfinite(fit.callback_metrics["train/loss"])
+    images = model.generate(["a photo of a cat"], [0], num_inference_steps=2)
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
