@@ -2,6 +2,7 @@
 
 from datamodules.captioned_images import CaptionedImageDataModule
 from datamodules.features import FeatureDataModule
+from datamodules.human_annotations import HumanAnnotationDataModule
 from datamodules.images import ImageFolderDataModule
 from datamodules.membership import MembershipDataModule
 from datamodules.prompts import PromptDataModule
@@ -10,6 +11,7 @@ from datamodules.synthetic_pool import SyntheticPoolDataModule
 __all__ = [
     "CaptionedImageDataModule",
     "FeatureDataModule",
+    "HumanAnnotationDataModule",
     "ImageFolderDataModule",
     "MembershipDataModule",
     "PromptDataModule",

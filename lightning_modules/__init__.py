@@ -6,6 +6,7 @@ from lightning_modules.cvae import FeatureCVAE
 from lightning_modules.diffusion import TextToImageDiffusion
 from lightning_modules.features import FeatureExtractor
 from lightning_modules.probe import LinearProbe
+from lightning_modules.semsim import SemSimNet
 from lightning_modules.shadows import ShadowEnsemble
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "FeatureExtractor",
     "ImageClassifier",
     "LinearProbe",
+    "SemSimNet",
     "ShadowEnsemble",
     "TextToImageDiffusion",
 ]
