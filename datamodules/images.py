@@ -13,6 +13,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, v2
 
+from datamodules.ats_policies import parse_spec as parse_ats_policy
 from datamodules.folders import (
     LAYOUT,
     Sample,
@@ -61,6 +62,7 @@ class ImageFolderDataModule(LightningDataModule):
         class_names: list[str] | None = None,
         image_size: int | None = None,
         transform: TransformPreset = "none",
+        ats_policy: str = "",
         normalize: bool = True,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
@@ -85,7 +87,10 @@ class ImageFolderDataModule(LightningDataModule):
                 order train, val, test (see ``predict_splits``).
             class_names: class names in label order; default the sorted class folders of the first source.
             image_size: resize every image to this square size; default the first image's longer side.
-            transform: training augmentation preset: none, cifar (crop + flip) or tckr (flip, AugMix, crop).
+            transform: training augmentation preset: none, cifar (crop + flip), tckr (flip, AugMix, crop) or ats
+                (the ATS policy in ats_policy, no crop or flip: SemSim's ``aug`` mode).
+            ats_policy: ATS sub-policy indices for transform=ats: "3-1-7" applies 3, 1, 7 in sequence,
+                "3-1-7+43-18-18" picks one chain per image; empty = no augmentation (datamodules/ats_policies.py).
             normalize: subtract mean and divide by std after scaling to [0, 1].
             mean: per-channel normalisation mean.
             std: per-channel normalisation std.
@@ -109,6 +114,10 @@ class ImageFolderDataModule(LightningDataModule):
         for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if size is not None and size < 1:
                 raise ValueError(f"data.{name}: expected a positive number of examples per batch; found {size}")
+        try:
+            parse_ats_policy(ats_policy)
+        except ValueError as error:
+            raise ValueError(f"data.ats_policy: {error}") from None
         if not roots and test_root is None and val_root is None:
             raise ValueError("data: give at least one of train_roots, val_root, test_root")
         self.skipped_files: list[Path] = []
@@ -158,7 +167,9 @@ class ImageFolderDataModule(LightningDataModule):
         self.mean, self.std = norm
         self._transforms = {
             # Always resize to input_size: sources of other sizes must still batch together.
-            train_flag: build_transform(transform, self._input_size, True, *norm, train=train_flag)
+            train_flag: build_transform(
+                transform, self._input_size, True, *norm, train=train_flag, ats_policy=ats_policy
+            )
             for train_flag in (True, False)
         }
 
@@ -209,7 +220,13 @@ class ImageFolderDataModule(LightningDataModule):
         )
         images = torch.stack([resize(load_rgb(s.path)) for s in samples])
         train_transform = build_transform(
-            self.hparams.transform, self._input_size, False, self.mean, self.std, train=True
+            self.hparams.transform,
+            self._input_size,
+            False,
+            self.mean,
+            self.std,
+            train=True,
+            ats_policy=self.hparams.ats_policy,
         )
         return MembershipPool(
             inputs=images,

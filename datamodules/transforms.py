@@ -8,7 +8,9 @@ from typing import Literal
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-TransformPreset = Literal["none", "cifar", "tckr"]
+from datamodules.ats_policies import ATSPolicy
+
+TransformPreset = Literal["none", "cifar", "tckr", "ats"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -20,6 +22,7 @@ def build_transform(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     train: bool,
+    ats_policy: str = "",
 ) -> v2.Compose:
     """PIL RGB image -> normalised float tensor.
 
@@ -27,7 +30,12 @@ def build_transform(
       none: no augmentation.
       cifar: random crop with 1/8 padding (4 px at 32 px) and horizontal flip (SemSim's ``crop`` mode).
       tckr: horizontal flip, AugMix, random crop with 10 % padding (TCKR's classifier recipe).
+      ats: the ATS policy ``ats_policy`` (e.g. "3-1-7", "3-1-7+43-18-18"; datamodules/ats_policies.py) after the
+        resize, no crop or flip (SemSim's ``aug`` mode); an empty policy is no augmentation.
     """
+    if ats_policy and preset != "ats":
+        raise ValueError(f"data.ats_policy={ats_policy!r} is set but data.transform is {preset!r}; use transform: ats")
+    policy = ATSPolicy(ats_policy) if preset == "ats" else None
     steps: list[v2.Transform] = [v2.ToImage()]
     if resize:
         steps.append(v2.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC, antialias=True))
@@ -39,6 +47,8 @@ def build_transform(
             v2.AugMix(),
             v2.RandomCrop(image_size, padding=max(1, round(0.1 * image_size))),
         ]
+    elif train and policy is not None and policy.chains:
+        steps.append(policy)
     steps.append(v2.ToDtype(torch.float32, scale=True))
     if mean is not None and std is not None:
         steps.append(v2.Normalize(mean=list(mean), std=list(std)))
