@@ -3,6 +3,7 @@
 from callbacks.captions import CaptionWriter
 from callbacks.diffusion import AdapterExport, SampleGrid
 from callbacks.features import FeatureWriter
+from callbacks.inversion_writer import InversionWriter
 from callbacks.predictions import PredictionWriter
 from callbacks.reports import TestReport
 from callbacks.run_dir import RunDirectory
@@ -13,6 +14,7 @@ __all__ = [
     "AdapterExport",
     "CaptionWriter",
     "FeatureWriter",
+    "InversionWriter",
     "PredictionWriter",
     "RunDirectory",
     "SampleGrid",

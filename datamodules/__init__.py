@@ -4,6 +4,7 @@ from datamodules.captioned_images import CaptionedImageDataModule
 from datamodules.features import FeatureDataModule
 from datamodules.human_annotations import HumanAnnotationDataModule
 from datamodules.images import ImageFolderDataModule
+from datamodules.inversion_targets import InversionTargetDataModule
 from datamodules.membership import MembershipDataModule
 from datamodules.prompts import PromptDataModule
 from datamodules.synthetic_pool import SyntheticPoolDataModule
@@ -13,6 +14,7 @@ __all__ = [
     "FeatureDataModule",
     "HumanAnnotationDataModule",
     "ImageFolderDataModule",
+    "InversionTargetDataModule",
     "MembershipDataModule",
     "PromptDataModule",
     "SyntheticPoolDataModule",

@@ -5,6 +5,7 @@ from lightning_modules.classifier import ImageClassifier
 from lightning_modules.cvae import FeatureCVAE
 from lightning_modules.diffusion import TextToImageDiffusion
 from lightning_modules.features import FeatureExtractor
+from lightning_modules.inversion import GradientInversion
 from lightning_modules.probe import LinearProbe
 from lightning_modules.semsim import SemSimNet
 from lightning_modules.shadows import ShadowEnsemble
@@ -13,6 +14,7 @@ __all__ = [
     "Captioner",
     "FeatureCVAE",
     "FeatureExtractor",
+    "GradientInversion",
     "ImageClassifier",
     "LinearProbe",
     "SemSimNet",
