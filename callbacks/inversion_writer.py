@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
 from tools.files import file_sha256, json_plain, write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -140,8 +141,10 @@ class InversionWriter(BasePredictionWriter):
         self._written += len(ids)
         rate = self._written / max(time.perf_counter() - self._start, 1e-9)
         bar = getattr(trainer.progress_bar_callback, "predict_progress_bar", None)
-        if bar is not None and hasattr(bar, "set_postfix"):
+        if bar is not None and hasattr(bar, "set_postfix"):  # tqdm bar; otherwise (rich, none) the log line says it
             bar.set_postfix({"images/s": f"{rate:.2f}"}, refresh=False)
+        else:
+            rank_zero_info(f"inversion: {self._written} targets on this rank, {rate:.2f} images/s")
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """After every rank is done: rank zero checks every target and merges the rows into metrics.jsonl."""

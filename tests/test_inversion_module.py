@@ -140,6 +140,17 @@ def test_predict_files_metrics_rerun_and_refusal(tmp_path: Path, victim: tuple[P
     assert _files(part) == _files(out)
 
 
+def test_observed_gradient_defence_and_recovered_labels(tmp_path: Path, victim: tuple[Path, Path]) -> None:
+    data, victim_dir = victim
+    out = tmp_path / "out"
+    model = {"known_labels": False, "defence": "prune", "defence_percent": 50.0, "iterations": 5}
+    _predict(tmp_path, _config(tmp_path, victim_dir, data / "test", out, **model), "pruned")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["defence"] == {"kind": "prune", "scale": 0.0, "percent": 50.0} and not manifest["known_labels"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(0 <= r["used_label"] < 3 for r in rows)
+
+
 def test_bad_inputs_are_one_line(tmp_path: Path, victim: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     data, victim_dir = victim
     out = tmp_path / "out"
@@ -167,6 +178,8 @@ def test_bad_inputs_are_one_line(tmp_path: Path, victim: tuple[Path, Path], monk
     config = _config(tmp_path, victim_dir, data / "test", out)
     message = one_line_error(monkeypatch, argv(config, "--data.init_args.std", "[0.5, 0.5, 0.5]"))
     assert "was trained with std [0.229, 0.224, 0.225]" in message
+    message = one_line_error(monkeypatch, argv(config, "--model.init_args.defence", "gaussian"))
+    assert "gradient defence 'gaussian': scale must be a positive finite number" in message
     assert not out.exists()  # refused before anything was written
 
 
