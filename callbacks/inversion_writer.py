@@ -20,8 +20,9 @@ files of an uninterrupted run since each target depends on (seed, index) only. A
 configuration (or PNGs without a manifest) is refused, naming what differs; nothing is overwritten.
 
 **DDP.** Lightning shards the pending targets over ranks; each rank writes its own targets' files (distinct
-names, so no collisions; a target the sampler pads onto two ranks is written twice with equal bytes), and rank
-zero merges ``rows/`` into ``metrics.jsonl`` after a barrier.
+names, so no collisions), and rank zero merges ``rows/`` into ``metrics.jsonl`` after a barrier. A target the
+DistributedSampler pads onto a second rank is inverted twice, in different batches, so its two results agree only
+up to float32 kernel differences; each file is whole, but its PNGs and row may come from either copy.
 """
 
 from __future__ import annotations
