@@ -3,6 +3,7 @@
 from callbacks.captions import CaptionWriter
 from callbacks.diffusion import AdapterExport, SampleGrid
 from callbacks.features import FeatureWriter
+from callbacks.gradient_defence import GradientDefence as GradientDefence
 from callbacks.inversion_writer import InversionWriter
 from callbacks.predictions import PredictionWriter
 from callbacks.reports import TestReport
