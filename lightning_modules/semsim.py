@@ -30,28 +30,9 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lightning_modules.networks.semsim_resnet import CifarResNet18Embedding
 from lightning_modules.recipes import optimizer_and_schedule
+from privacy.agreement import pairwise_accuracy
 
 Distance = Literal["normalized", "raw"]
-
-
-def pairwise_accuracy(distances: torch.Tensor, recognisable: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Mean over originals of the share of (recognisable, unrecognisable) pairs ranked right (ties count half).
-
-    Args:
-        distances: (N,) metric value per reconstruction; lower = judged more similar to its original.
-        recognisable: (N,) bool human label.
-        groups: (N,) original (group) id of each reconstruction.
-
-    Returns NaN when no original has both a recognisable and an unrecognisable reconstruction.
-    """
-    shares = []
-    for g in torch.unique(groups):
-        mine = groups == g
-        pos, neg = distances[mine & recognisable], distances[mine & ~recognisable]
-        if len(pos) and len(neg):
-            diff = neg[None, :] - pos[:, None]  # > 0: the recognisable one is closer
-            shares.append(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
-    return torch.stack(shares).mean() if shares else torch.tensor(float("nan"), dtype=torch.float64)
 
 
 def grouped_triplet_loss(

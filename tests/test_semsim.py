@@ -17,7 +17,7 @@ import datamodules.human_annotations as ha
 from cli import main
 from datamodules import HumanAnnotationDataModule
 from lightning_modules import SemSimNet
-from lightning_modules.semsim import pairwise_accuracy
+from privacy.agreement import pairwise_accuracy
 
 GROUPS = 12
 

@@ -18,6 +18,7 @@ TOOLS: dict[str, str] = {
     "feature-report": "tools.feature_report:feature_report",
     "shadows-config": "tools.shadow_config:shadows_config",
     "image-audit": "tools.image_audit:image_audit",
+    "metric-agreement": "tools.metric_agreement:metric_agreement",
 }
 
 
