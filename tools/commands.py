@@ -19,6 +19,7 @@ TOOLS: dict[str, str] = {
     "shadows-config": "tools.shadow_config:shadows_config",
     "image-audit": "tools.image_audit:image_audit",
     "metric-agreement": "tools.metric_agreement:metric_agreement",
+    "judge-labels": "tools.judge_labels:judge_labels",
 }
 
 
