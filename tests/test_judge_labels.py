@@ -67,7 +67,7 @@ def _inversion(
     return folder
 
 
-def _expected(run: Path, rec: Path, label: int, threshold: float) -> bool:
+def _expected(run: Path, rec: Path, label: int, threshold: float, structure_check: bool = False) -> bool:
     """The rule recomputed: the judge's top class is the original's class with softmax >= threshold."""
     from datamodules.folders import load_rgb
     from datamodules.transforms import build_transform
@@ -76,9 +76,12 @@ def _expected(run: Path, rec: Path, label: int, threshold: float) -> bool:
     net, _, _ = load_victim(str(run))
     transform = build_transform("none", 32, resize=True, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                                 train=False)  # fmt: skip
+    x = transform(load_rgb(rec))[None]
     with torch.no_grad():
-        p = torch.softmax(net.eval()(transform(load_rgb(rec))[None]), dim=1)[0]
-    return int(p.argmax()) == label and float(p.max()) >= threshold
+        p = torch.softmax(net.eval()(x), dim=1)[0]
+        flat = torch.softmax(net(x.mean(dim=(2, 3), keepdim=True).expand_as(x)), dim=1)[0]
+    blank = structure_check and int(flat.argmax()) == label and float(flat.max()) >= threshold
+    return int(p.argmax()) == label and float(p.max()) >= threshold and not blank
 
 
 def test_rule_bundles_split_and_rerun(judge: tuple[Path, Path], tmp_path: Path, capsys: Any) -> None:
@@ -90,7 +93,8 @@ def test_rule_bundles_split_and_rerun(judge: tuple[Path, Path], tmp_path: Path, 
         {"label": "b", "inversion_dir": str(_inversion(tmp_path / "inv-b", data / "test", "resnet20-4", copy=False))},
     ]
     out = tmp_path / "out"
-    manifest = judge_labels(str(run), entries, str(out), threshold=0.4, split_seed=3)
+    # the tiny classes differ by colour, so the structure check (flat colour must not name the class) is off here
+    manifest = judge_labels(str(run), entries, str(out), threshold=0.4, split_seed=3, structure_check=False)
     assert manifest["judge_backbone"] == "resnet8-1" and manifest["unchecked"] == [
         f"entry '{e['label']}' ({e['inversion_dir']}/manifest.json): the victim's training images are unrecorded"
         for e in entries
@@ -126,11 +130,18 @@ def test_rule_bundles_split_and_rerun(judge: tuple[Path, Path], tmp_path: Path, 
         assert {g.group_id for g in dm.groups} <= positives and len(dm.groups) >= 1
     # a rerun with the same inputs does nothing; other inputs into the same folder are refused
     stamp = (out / "manifest.json").stat().st_mtime_ns
-    judge_labels(str(run), entries, str(out), threshold=0.4, split_seed=3)
+    judge_labels(str(run), entries, str(out), threshold=0.4, split_seed=3, structure_check=False)
     assert "up to date" in capsys.readouterr().out and (out / "manifest.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match=r"holds labels of other inputs \(differs: threshold\)"):
-        judge_labels(str(run), entries, str(out), threshold=0.9, split_seed=3)
+        judge_labels(str(run), entries, str(out), threshold=0.9, split_seed=3, structure_check=False)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary folder left behind
+    # with the structure check: a class the judge also gives to the flat (mean-colour) image is not recognised
+    judge_labels(str(run), entries[:1], str(tmp_path / "flat"), threshold=0.4)
+    for r in map(json.loads, (tmp_path / "flat" / "a" / "labels.jsonl").read_text().splitlines()):
+        blank = r["flat_class"] == r["label"] and r["flat_confidence"] >= 0.4
+        assert r["recognisable"] == (r["judge_class"] == r["label"] and r["confidence"] >= 0.4 and not blank)
+        rec = tmp_path / "inv-a" / f"{r['id']}_{r['label']}_rec.png"
+        assert r["recognisable"] == _expected(run, rec, r["label"], 0.4, True)
 
 
 def _error(call: Any) -> str:

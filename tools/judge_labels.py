@@ -7,6 +7,8 @@ trained on other images than the victims and the inversion targets; what can be 
 violation is refused with the reason:
 
 * architecture: each inversion folder's ``manifest.json`` names its victim's backbone (``victim.backbone``);
+* structure: the class must come from the reconstruction's content, not its colour: with ``structure_check``
+  the judge must NOT also name the original's class from the reconstruction's flat (mean-colour) version;
 * images: the judge's ``trained_ids.txt`` (resolved to files through its run's ``config.yaml``) against the target
   files (``data.root`` + ``data.files`` of each manifest) and against each victim run's ``trained_ids.txt``;
   a side without a record cannot be checked and is reported under ``unchecked`` in the manifest.
@@ -14,7 +16,7 @@ violation is refused with the reason:
 Inputs: ``entries: [{label, inversion_dir}]`` (InversionWriter folders: ``<id>_<cls>_{ori,rec}.png``). Outputs
 (``out``; written in a temporary folder beside it and renamed into place, so ``out`` is whole or absent)::
 
-    <label>/labels.jsonl          {id, recognisable, judge_class, confidence, label, p_label} per reconstruction
+    <label>/labels.jsonl          {id, recognisable, judge_class, confidence, label, p_label, flat_*} per rec.
     bundle_train/train_with_ori/  HumanAnnotationDataModule's layout for the TRAIN originals: N/<id>_ori.png +
     bundle_heldout/train_with_ori/  recognisable <id>_<label>_rec.png, -N/ the unrecognisable ones (N = int(id))
     originals_train.txt           original ids SemSim may train on (seeded split BY ORIGINAL, ``heldout_fraction``)
@@ -164,13 +166,18 @@ def check_independence(judge_hp: dict[str, Any], judge_file: Path, entries: list
 
 
 @torch.no_grad()
-def _judge(net: torch.nn.Module, transform: Any, files: list[Path], batch_size: int) -> torch.Tensor:
-    """Softmax probabilities of the judge for each image file."""
+def _judge(
+    net: torch.nn.Module, transform: Any, files: list[Path], batch_size: int, flat: bool = False
+) -> torch.Tensor:
+    """Softmax probabilities of the judge for each image file (``flat``: each image replaced by its per-channel
+    mean, i.e. its colour without any structure)."""
     from datamodules.folders import load_rgb
 
     probs = []
     for start in range(0, len(files), batch_size):
         batch = torch.stack([transform(load_rgb(f)) for f in files[start : start + batch_size]])
+        if flat:
+            batch = batch.mean(dim=(2, 3), keepdim=True).expand_as(batch)
         probs.append(torch.softmax(net(batch).float(), dim=1))
     return torch.cat(probs)
 
@@ -208,6 +215,7 @@ def judge_labels(
     heldout_fraction: float = 0.5,
     split_seed: int = 0,
     batch_size: int = 64,
+    structure_check: bool = True,
 ) -> dict[str, Any]:
     """Label reconstructions recognisable or not with an independent judge classifier (see the module docstring).
 
@@ -221,6 +229,10 @@ def judge_labels(
         heldout_fraction: share of originals held out from SemSim training (the agreement is measured on them).
         split_seed: seed of the split by original.
         batch_size: images per judge forward pass.
+        structure_check: also require that the judge does NOT name the original's class (with p >= threshold)
+            from the reconstruction's flat version (its per-channel mean colour): a classifier gives a confident
+            class to a blank or grey image (on animal-mnist a flat grey image is 'zebra' at p ~0.97), and that
+            class must not count as recognised from a reconstruction that shows nothing.
     """
     from datamodules.transforms import build_transform
     from lightning_modules.inversion import load_victim, victim_training_data
@@ -243,7 +255,8 @@ def judge_labels(
         _fail(str(err).replace("model.victim_checkpoint", "judge_checkpoint"))
     judge_file = Path(file)
     unchecked = check_independence(judge_hp, judge_file, read)
-    settings = {"threshold": threshold, "heldout_fraction": heldout_fraction, "split_seed": split_seed}
+    settings = {"threshold": threshold, "heldout_fraction": heldout_fraction, "split_seed": split_seed,
+                "structure_check": structure_check}  # fmt: skip
     identity = _fingerprint(judge_file, read, settings)
     out_dir = Path(out)
     if (out_dir / "manifest.json").is_file():
@@ -283,13 +296,18 @@ def judge_labels(
         for e in read:
             rec_ids = sorted(e["recs"])
             probs = _judge(net, transform, [e["recs"][i][1] for i in rec_ids], batch_size)
+            flat = _judge(net, transform, [e["recs"][i][1] for i in rec_ids], batch_size, flat=True)
             rows = []
             for k, i in enumerate(rec_ids):
                 cls, rec, _ = e["recs"][i]
                 judge_class, confidence = int(probs[k].argmax()), float(probs[k].max())
-                good = judge_class == cls and confidence >= threshold
-                rows.append({"id": i, "recognisable": good, "judge_class": judge_class, "confidence": confidence,
-                             "label": cls, "p_label": float(probs[k][cls])})  # fmt: skip
+                blank = structure_check and int(flat[k].argmax()) == cls and float(flat[k].max()) >= threshold
+                good = judge_class == cls and confidence >= threshold and not blank
+                rows.append(
+                    {"id": i, "recognisable": good, "judge_class": judge_class, "confidence": confidence, "label": cls,
+                     "p_label": float(probs[k][cls]), "flat_class": int(flat[k].argmax()),
+                     "flat_confidence": float(flat[k].max())}
+                )  # fmt: skip
                 group = tmp / ("bundle_heldout" if i in held else "bundle_train") / "train_with_ori"
                 folder = group / (str(int(i)) if good else f"-{int(i)}")
                 folder.mkdir(parents=True, exist_ok=True)
@@ -307,7 +325,8 @@ def judge_labels(
             "judge_checkpoint_path": str(judge_file.resolve()),
             "judge_backbone": judge_hp.get("backbone"),
             "judge_accuracy_on_originals": ori_correct / len(ids),
-            "rule": "recognisable = judge's top class is the original's class and its softmax probability >= threshold",
+            "rule": "recognisable = judge's top class is the original's class with softmax >= threshold"
+            + (", and not so for the reconstruction's flat (mean-colour) version" if structure_check else ""),
             "counts": counts,
             "originals": {"train": len(train_ids), "heldout": len(held_ids)},
             "unchecked": unchecked,
