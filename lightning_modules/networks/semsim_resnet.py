@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_modules.networks.cifar import BasicBlock
+from lightning_modules.networks.cifar import BasicBlock, init_resnet_weights
 
 
 class CifarResNet18Embedding(nn.Module):
@@ -32,12 +32,7 @@ class CifarResNet18Embedding(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Identity()  # the original replaces its classifier by identity: the embedding is the pool
         self.embedding_dim = widths[-1]
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))
