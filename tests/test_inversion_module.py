@@ -78,6 +78,10 @@ def _png(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
+# Inversion is a vmapped double backward: on a shared 2-core machine extra threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     skip = {"manifest.json"}
     return {
