@@ -96,7 +96,8 @@ class _PerceptualDistance(nn.Module):
         return super().train(False)
 
     def _distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The subclass's network distance of prepared (N, 3, H, W) batches."""
+        raise NotImplementedError(f"{type(self).__name__} must define _distance (the network's distance)")
 
     def forward(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
         """Distances (N,) for pairs of (N, C, H, W) images in [0, 1]; lower = more similar."""
