@@ -7,6 +7,7 @@ from datamodules.images import ImageFolderDataModule
 from datamodules.inversion_targets import InversionTargetDataModule
 from datamodules.membership import MembershipDataModule
 from datamodules.prompts import PromptDataModule
+from datamodules.spinml import SpinMLDataModule as SpinMLDataModule
 from datamodules.synthetic_pool import SyntheticPoolDataModule
 
 __all__ = [

@@ -20,6 +20,8 @@ TOOLS: dict[str, str] = {
     "image-audit": "tools.image_audit:image_audit",
     "metric-agreement": "tools.metric_agreement:metric_agreement",
     "judge-labels": "tools.judge_labels:judge_labels",
+    "segment": "tools.segment:segment",
+    "spinml-demo-data": "tools.spinml_demo_data:build_spinml_demo",
 }
 
 
