@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from privacy.image_leakage import mutual_information, nearest_real, sim_score  # noqa: E402
+from privacy.image_leakage import mutual_information, nearest_real, sim_score
 
 
 def structured_images(n: int, side: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,8 +137,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if parser.parse_args(argv).small:  # smaller defaults; explicit options still win
         parser.set_defaults(pairs=200, side=32, dim=256, literal=2)
     args = parser.parse_args(argv)
-    print(f"{platform.node()} python {platform.python_version()} numpy {np.__version__}; pairs={args.pairs} "
-          f"side={args.side} dim={args.dim} seed={args.seed}")
+    print(
+        f"{platform.node()} python {platform.python_version()} numpy {np.__version__}; pairs={args.pairs} "
+        f"side={args.side} dim={args.dim} seed={args.seed}"
+    )
 
     syn_px, real_px = structured_images(args.pairs, args.side, args.seed)
     ours_mi, t_ours_mi = _timed(mutual_information, syn_px, real_px)
@@ -179,8 +181,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"{'metric':8} {'method':52} {'seconds':>10} {'per-image loop / this':>22}")
     for metric, method, seconds, loop in rows:
         print(f"{metric:8} {method:52} {seconds:10.4f} {loop / seconds:22.1f}")
-    print(f"max relative difference: MI {mi_diff:.2e} (literal {literal_diff:.2e}), SIM {sim_diff:.2e}; "
-          f"nearest indices identical; mean MI {ours_mi.mean():.4f} nats, SIM {ours_sim:.4f}")
+    print(
+        f"max relative difference: MI {mi_diff:.2e} (literal {literal_diff:.2e}), SIM {sim_diff:.2e}; "
+        f"nearest indices identical; mean MI {ours_mi.mean():.4f} nats, SIM {ours_sim:.4f}"
+    )
     return {
         "mi_ours_s": t_ours_mi,
         "mi_loop_s": t_loop_mi,

@@ -109,8 +109,9 @@ class ImageEmbedder:
 
         Each image is resized to ``image_size`` square first when given (else to the model's input side).
         """
-        from datamodules.folders import IMAGE_EXTENSIONS, load_rgb
         from PIL import Image
+
+        from datamodules.folders import IMAGE_EXTENSIONS, load_rgb
 
         folder = Path(folder)
         if not folder.is_dir():

@@ -66,7 +66,7 @@ def pixel_vectors(images: Any, what: str) -> np.ndarray:
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{what}: expected 8-bit pixel values (an integer array, e.g. uint8); found dtype {arr.dtype}")
     if arr.ndim < 2 or arr.size == 0:
-        raise ValueError(f"{what}: expected a non-empty (N, H, W, C) or (N, D) array of images; found shape {arr.shape}")
+        raise ValueError(f"{what}: expected a non-empty (N, H, W, C) or (N, D) image array; found shape {arr.shape}")
     if arr.dtype != np.uint8:
         low, high = int(arr.min()), int(arr.max())
         if low < 0 or high > 255:
@@ -119,13 +119,14 @@ def mutual_information(a: Any, b: Any, bins: int = BINS) -> np.ndarray:
 
     Returns:
         (N,) float64 MI in nats, >= 0 (up to rounding); equal to numpy ``histogram2d`` + the original's double
-        sum up to float rounding (~1e-13 relative; a constant image gives exactly 0). Unrelated images score above 0 (plug-in bias, see the module docstring).
+        sum up to float rounding (~1e-13 relative; a constant image gives exactly 0). Unrelated images score
+        above 0 (plug-in bias, see the module docstring).
 
     Raises:
         ValueError: non-integer or out-of-range pixels, an empty or 1-d array, or ``a`` and ``b`` of other shapes.
     """
+    check_shape(np.asarray(b), np.shape(a), "mutual_information: b (paired with a by position)")
     a, b = pixel_vectors(a, "mutual_information: a"), pixel_vectors(b, "mutual_information: b")
-    check_shape(b, a.shape, "mutual_information: b (paired with a)", ("image", "value"))
     if bins < 1:
         raise ValueError(f"mutual_information: bins must be at least 1; got {bins}")
     step = max(1, min(_CHUNK_VALUES // a.shape[1], _CHUNK_CELLS // bins**2))

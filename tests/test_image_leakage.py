@@ -193,8 +193,13 @@ def test_clip_vision_tower_from_a_local_folder(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     config = CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-        patch_size=16, projection_dim=8,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=16,
+        projection_dim=8,
     )
     model = CLIPVisionModelWithProjection(config).eval()
     model.save_pretrained(tmp_path / "clip")
@@ -208,12 +213,34 @@ def test_clip_vision_tower_from_a_local_folder(tmp_path: Path) -> None:
     np.testing.assert_allclose(embedder.embed(images), expected, rtol=1e-5, atol=1e-6)
     (tmp_path / "folder").mkdir()
     for i in range(3):
-        Image.fromarray((images[i].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(tmp_path / "folder" / f"{i}.png")
+        pixels = (images[i].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "folder" / f"{i}.png")
     names, embedded = embedder.embed_folder(tmp_path / "folder")
     assert names == ["0.png", "1.png", "2.png"] and embedded.shape == (3, 8)
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         ImageEmbedder(f"clip:{missing}")
+
+
+def test_blip2_vision_tower_gives_its_pooled_cls(tmp_path: Path) -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import Blip2VisionConfig, Blip2VisionModel
+
+    torch.manual_seed(0)
+    config = Blip2VisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16
+    )
+    model = Blip2VisionModel(config).eval()
+    model.save_pretrained(tmp_path / "blip2")
+    embedder = ImageEmbedder(f"blip2:{tmp_path / 'blip2'}")
+    images = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
+    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected = model(pixel_values=(images - mean) / std).pooler_output.numpy()
+    np.testing.assert_allclose(embedder.embed(images), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="expected a CLIP model"):
+        ImageEmbedder(f"clip:{tmp_path / 'blip2'}")
 
 
 def test_closest_pairs_png_is_written(tmp_path: Path) -> None:
@@ -224,7 +251,7 @@ def test_closest_pairs_png_is_written(tmp_path: Path) -> None:
     syn_e[2] = real_e[4]
     result = nearest_real(syn_e, real_e)
     shown = write_closest_pairs_png(result, syn_px, real_px, tmp_path / "pairs.png", k=3)
-    assert [s for s, _, _ in shown][0] == 2 and shown[0][1] == 4 and len(shown) == 3
+    assert shown[0][:2] == (2, 4) and len(shown) == 3
     with Image.open(tmp_path / "pairs.png") as png:
         assert png.format == "PNG" and png.size[0] > 100
 

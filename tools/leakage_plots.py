@@ -65,7 +65,8 @@ def write_closest_pairs_png(
         left.imshow(_as_hwc(synthetic[s], f"synthetic image {s}"), interpolation="nearest")
         right.imshow(_as_hwc(real[r], f"real image {r}"), interpolation="nearest")
         flag = " COPY?" if cos > result.get("threshold", np.inf) else ""
-        left.set_title(f"syn {str(synthetic_names[s])[-18:] if synthetic_names else s}\ncos={cos:.4f}{flag}", fontsize=6)
+        syn_label = str(synthetic_names[s])[-18:] if synthetic_names else s
+        left.set_title(f"syn {syn_label}\ncos={cos:.4f}{flag}", fontsize=6)
         right.set_title(f"real {str(real_names[r])[-18:] if real_names else r}", fontsize=6)
     fig.suptitle("synthetic (left) and its most similar real image (right), by embedding cosine", fontsize=8)
     fig.tight_layout()
