@@ -11,7 +11,7 @@ Two layouts are read (reference/seeds.md §1.2; the released README and the rele
 Segments of one image share a file stem; masks may use another extension (``x.jpg`` with ``mask/x.png``).
 Compositing: ``out = round((fg * m + bg * (255 - m)) / 255)`` per pixel with ``m`` the 8-bit grey mask, i.e. a
 binary 0/255 mask picks the foreground where it is white; soft masks blend. The integer form is exact, so the
-batched and the per-image path give identical bytes.
+batched and the per-image paths (and Pillow's ``Image.composite``) give identical bytes.
 """
 
 from __future__ import annotations
@@ -166,22 +166,57 @@ def load_mask(path: Path) -> np.ndarray:
 def composite_uint8(foreground: torch.Tensor, background: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Blend uint8 images through an 8-bit mask, exactly: ``round((fg*m + bg*(255-m)) / 255)``.
 
+    The sum ``s = fg*m + bg*(255-m)`` is at most 255*255, and ``(t + (t >> 8)) >> 8`` with ``t = s + 128`` is its
+    exact rounded division by 255 over that range (checked for every ``s`` in the tests), the same rule Pillow's
+    ``Image.composite`` applies. On the CPU the blend runs in numpy uint16 on chunks of about 256k values (they
+    stay in cache: several times faster than full-size int32 torch temporaries, and than a Pillow call per image);
+    on other devices in int32 torch ops. Both give the same bytes.
+
     Args:
         foreground: uint8 (..., C, H, W).
         background: uint8, same shape.
         mask: uint8 (..., 1, H, W) or (..., C, H, W); 255 = foreground.
     """
-    if foreground.shape != background.shape:
+    if foreground.dim() < 3 or foreground.shape != background.shape:
         raise ValueError(f"composite: foreground {tuple(foreground.shape)} != background {tuple(background.shape)}")
-    if mask.shape[-2:] != foreground.shape[-2:] or mask.shape[:-3] != foreground.shape[:-3]:
+    if (
+        mask.dim() != foreground.dim()
+        or mask.shape[-2:] != foreground.shape[-2:]
+        or mask.shape[:-3] != foreground.shape[:-3]
+    ):
         raise ValueError(f"composite: mask {tuple(mask.shape)} does not fit images {tuple(foreground.shape)}")
+    if mask.shape[-3] not in (1, foreground.shape[-3]):
+        raise ValueError(f"composite: mask {tuple(mask.shape)} has neither 1 nor {foreground.shape[-3]} channels")
     for name, t in (("foreground", foreground), ("background", background), ("mask", mask)):
         if t.dtype != torch.uint8:
             raise TypeError(f"composite: {name} must be uint8; found {t.dtype}")
+    if foreground.device.type != "cpu":
+        return _blend_torch(foreground, background, mask)
+    shape = foreground.shape
+    fg = foreground.reshape(-1, *shape[-3:]).numpy()
+    bg = background.reshape(-1, *shape[-3:]).numpy()
+    m = mask.reshape(-1, *mask.shape[-3:]).numpy()
+    out = np.empty(fg.shape, dtype=np.uint8)
+    step = max(1, (1 << 18) // fg[0].size)
+    for i in range(0, len(fg), step):
+        _blend_numpy(fg[i : i + step], bg[i : i + step], m[i : i + step], out[i : i + step])
+    return torch.from_numpy(out).reshape(shape)
+
+
+def _blend_numpy(fg: np.ndarray, bg: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
+    m = mask.astype(np.uint16)
+    t = fg.astype(np.uint16) * m
+    t += bg.astype(np.uint16) * (255 - m)
+    t += 128
+    t += t >> 8
+    t >>= 8
+    out[...] = t
+
+
+def _blend_torch(foreground: torch.Tensor, background: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(torch.int32)
-    bg = background.to(torch.int32)
-    blended = (bg * 255 + (foreground.to(torch.int32) - bg) * m + 127).div(255, rounding_mode="floor")
-    return blended.to(torch.uint8)
+    t = foreground.to(torch.int32) * m + background.to(torch.int32) * (255 - m) + 128
+    return ((t + (t >> 8)) >> 8).to(torch.uint8)
 
 
 def composite_files(t: Segments) -> Image.Image:

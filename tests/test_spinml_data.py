@@ -113,6 +113,25 @@ def test_composite_is_exact_for_soft_masks() -> None:
     assert torch.equal(composite_uint8(fg[2], bg[2], mask[2]), expected[2])
     with pytest.raises(ValueError, match="mask"):
         composite_uint8(fg, bg, mask[..., :5])
+    from datamodules.spinml_layout import _blend_torch
+
+    assert torch.equal(_blend_torch(fg, bg, mask), expected)  # the non-CPU path, same bytes
+    # the shift rule is the exact rounded division by 255 for every sum fg*m + bg*(255-m) can take
+    s = torch.arange(0, 255 * 255 + 1, dtype=torch.int64)
+    assert torch.equal(((s + 128) + ((s + 128) >> 8)) >> 8, torch.round(s.double() / 255).long())
+
+
+def test_compositing_benchmark_tiny_run(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_spinml", Path(__file__).parents[1] / "benchmarks" / "spinml_compositing.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.main(["--n", "40", "--size", "16", "--batch", "16", "--repeats", "1"])
+    assert results["identical"] == 1.0 and results["ratio_pil"] > 0 and results["ratio_torch"] > 0
+    assert "ratio PIL loop / batched" in capsys.readouterr().out
 
 
 def test_label_pattern_and_class_map_are_configurable(husky_copy: Path) -> None:
