@@ -120,3 +120,15 @@ def test_grabcut_when_opencv_is_installed(tmp_path: Path) -> None:
     image, disk = _disk_scene()
     mask = grabcut_mask(image, 0.1, 5)
     assert (mask & disk).sum() / (mask | disk).sum() > 0.8
+
+
+def test_grabcut_without_opencv_says_what_to_install(husky: Path, tmp_path: Path) -> None:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("OpenCV is installed")
+    with pytest.raises(ModuleNotFoundError, match=r"opencv-python-headless.*--source box-gmm"):
+        segment(str(husky / "real" / "raw"), str(tmp_path / "g"), source="grabcut")
+    assert not (tmp_path / "g").exists()  # refused before anything is written

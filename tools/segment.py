@@ -112,8 +112,7 @@ def box_gmm_mask(rgb: np.ndarray, margin: float = 0.1, iterations: int = 5, seed
     return obj
 
 
-def grabcut_mask(rgb: np.ndarray, margin: float = 0.1, iterations: int = 5) -> np.ndarray:
-    """Object mask (H, W) bool by OpenCV's GrabCut initialised with the centred box."""
+def _opencv():
     try:
         import cv2
     except ImportError:
@@ -121,6 +120,12 @@ def grabcut_mask(rgb: np.ndarray, margin: float = 0.1, iterations: int = 5) -> n
             "segment: --source grabcut needs OpenCV: `pip install opencv-python-headless`; or use --source box-gmm "
             "(weight-free, no OpenCV)"
         ) from None
+    return cv2
+
+
+def grabcut_mask(rgb: np.ndarray, margin: float = 0.1, iterations: int = 5) -> np.ndarray:
+    """Object mask (H, W) bool by OpenCV's GrabCut initialised with the centred box."""
+    cv2 = _opencv()
     y0, x0, y1, x1 = _box(rgb.shape[:2], margin)
     mask = np.zeros(rgb.shape[:2], np.uint8)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
@@ -176,16 +181,19 @@ class ModelMasker:
         return torch.isin(classes, torch.tensor(self.classes, device=self.device)).cpu().numpy()
 
 
-def _valid_outputs(split: Path, stem: str, size: tuple[int, int]) -> bool:
+def _valid_outputs(split: Path, stem: str, size: tuple[int, int]) -> bool | None:
+    """None when an output is missing, unreadable or of another size; else whether the mask is empty."""
     try:
         for part in PARTS:
             with Image.open(split / part / f"{stem}.png") as img:
                 img.load()
                 if img.size != size:
-                    return False
+                    return None
+                if part == "mask":
+                    empty = not np.asarray(img).any()
     except (OSError, ValueError, SyntaxError):
-        return False
-    return True
+        return None
+    return empty
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:
@@ -271,6 +279,8 @@ def segment(
     elif split.exists() and any(split.rglob("*.png")):
         raise FileExistsError(f"segment: {split} holds files but {out_dir} has no {MANIFEST}; choose another --out")
     masker = None
+    if source == "grabcut":
+        _opencv()  # before anything is written
     if source == "model":
         masker = ModelMasker(Path(model), architecture, num_classes, foreground_classes, device)
     write_json_atomic(manifest_path, {"options": options, "complete": False})
@@ -282,8 +292,11 @@ def segment(
         rgb = np.array(load_rgb(path))
         size = (rgb.shape[1], rgb.shape[0])
         raw_out = out_dir / "raw" / path.name
-        if _valid_outputs(split, stem, size) and (not copy_raw or raw_out.is_file()):
+        was_empty = _valid_outputs(split, stem, size)
+        if was_empty is not None and (not copy_raw or raw_out.is_file()):
             skipped += 1
+            if was_empty:
+                empty.append(path.name)
             continue
         if source == "masks":
             grey = load_mask(user_masks[stem])
