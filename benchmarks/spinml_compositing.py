@@ -16,7 +16,7 @@ after a small warm-up, in one process, torch on ``--threads`` threads (default 1
 Pillow's composite is single-threaded).
 
     .venv/bin/python benchmarks/spinml_compositing.py                # 10,000 pairs at 128 px
-    .venv/bin/python benchmarks/spinml_compositing.py --n 200 --size 32   # seconds
+    .venv/bin/python benchmarks/spinml_compositing.py --small          # 500 pairs at 32 px: seconds
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side; the fastest counts (shared CPUs)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--small", action="store_true", help="500 pairs of 32 px, one repeat (seconds; for tests)")
     args = p.parse_args(argv)
+    if args.small:
+        args.n, args.size, args.repeats = 500, 32, 1
     for name in ("n", "size", "batch", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1; got {getattr(args, name)}")
