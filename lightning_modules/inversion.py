@@ -30,7 +30,7 @@ from privacy.similarity import compute_metrics, psnr
 METRICS = ("mse", "psnr", "ssim", "agreement")
 
 
-class _Normalised(nn.Module):
+class NormalisedVictim(nn.Module):
     """[0, 1] images -> the victim's logits (normalisation first), for metrics computed through the victim."""
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -261,7 +261,7 @@ class GradientInversion(LightningModule):
             reconstruction = (result.images * std + mean).clamp(0, 1)
             target01 = (target * std + mean).clamp(0, 1)
             original = batch["original"].float()
-            judge = _Normalised(self.victim, mean, std)
+            judge = NormalisedVictim(self.victim, mean, std)
             metrics = compute_metrics(list(METRICS), original, reconstruction, victim=judge)
             metrics["psnr_target"] = psnr(target01, reconstruction)
         count, start = self._clock[1] + len(indices), self._clock[0] or time.perf_counter()

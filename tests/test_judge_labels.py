@@ -233,9 +233,16 @@ def test_study_step_parses(name: str) -> None:
     if step.name.startswith("victim-"):
         args = printed["data"]["init_args"]
         assert args["train_roots"] == "data/animal-mnist/train" and args["val_root"] is None
-        assert printed["model"]["init_args"]["backbone"] in ("convnet-32", "resnet8-1")
+        assert printed["model"]["init_args"]["backbone"] in ("convnet-32", "convnet-16", "resnet8-1")
+        early = step.name.endswith("_early")
+        assert printed["trainer"]["limit_train_batches"] == (1 if early else None)
+        assert printed["trainer"]["max_epochs"] == (1 if early else 3)
     if step.command == "judge-labels":
         assert printed["threshold"] == 0.5 and len(printed["entries"]) >= 4
+    if step.name.startswith("invert-"):  # the attack's augmentation is its victim's
+        victim = next(s for s in steps if s.name == step.needs[0])
+        victim_args = _printed(step_argv(study, victim))["data"]["init_args"]
+        assert printed["data"]["init_args"]["train_transform"] == victim_args["transform"]
     if step.command == "metric-agreement":  # semsim comes from the checkpoint, scored on held-out originals only
         assert printed["semsim_checkpoint"] in {o for s in steps for o in s.outputs}
         assert printed["originals"].endswith("judge-labels/originals_heldout.txt")

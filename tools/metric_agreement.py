@@ -38,6 +38,7 @@ from tools.wandb_check import require_wandb_credentials
 FORMAT = 1
 DEFAULT_METRICS = ("mse", "psnr", "ssim", "stlpips")
 IMAGE_METRICS = ("mse", "psnr", "ssim", "stlpips", "lpips")
+VICTIM_METRICS = ("feature_mse", "agreement")  # through each entry's own victim (its inversion manifest)
 REC = re.compile(r"^(?P<id>.+)_(?P<label>-?\d+)_rec\.png$")
 
 
@@ -180,6 +181,7 @@ def _score(
     from privacy.similarity import compute_metrics
 
     pixel = [m for m in metrics if m in IMAGE_METRICS]
+    through_victim = [m for m in metrics if m in VICTIM_METRICS]
     lpips = stlpips = None
     if "lpips" in pixel:
         from privacy.perceptual import LPIPS
@@ -190,7 +192,8 @@ def _score(
 
         stlpips = STLPIPS("alex")
     for g in gathered:
-        values = {m: np.empty(len(g["ids"])) for m in [*pixel, *(["semsim"] if semsim else [])]}
+        victim = _victim_of(Path(g["folder"]), g["label"]) if through_victim else None
+        values = {m: np.empty(len(g["ids"])) for m in [*pixel, *through_victim, *(["semsim"] if semsim else [])]}
         shapes = sorted({ori.shape for ori, _ in g["images"]})
         for shape in shapes:
             where = [k for k, (ori, _) in enumerate(g["images"]) if ori.shape == shape]
@@ -198,12 +201,43 @@ def _score(
                 torch.from_numpy(np.stack([g["images"][k][j] for k in where])).permute(0, 3, 1, 2).float() / 255
                 for j in (0, 1)
             )
-            out = compute_metrics(pixel, a, b, psnr_max_db=psnr_max_db, stlpips=stlpips, lpips=lpips) if pixel else {}
+            asked = [*pixel, *through_victim]
+            out = compute_metrics(asked, a, b, victim=victim, psnr_max_db=psnr_max_db, stlpips=stlpips, lpips=lpips)
             if semsim is not None:
                 out["semsim"] = semsim(a, b, semsim_distance)
             for m in values:
                 values[m][where] = out[m].double().cpu().numpy()
         g["values"] = values
+
+
+def _victim_sha(folder: Path) -> str | None:
+    manifest = folder / "manifest.json"
+    return json.loads(manifest.read_text()).get("victim_checkpoint_sha256") if manifest.is_file() else None
+
+
+def _victim_of(folder: Path, label: str) -> Any:
+    """The victim an inversion folder attacked, taking [0, 1] images (its normalisation first), from the folder's
+    manifest.json; the checkpoint must still hash as it did at the attack."""
+    import torch
+
+    from lightning_modules.inversion import NormalisedVictim, load_victim
+
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"entry {label!r}: {manifest} is missing; metrics through the victim ({', '.join(VICTIM_METRICS)}) "
+            "need the inversion's manifest to find the victim"
+        )
+    record = json.loads(manifest.read_text())
+    path = Path(record.get("victim_checkpoint_path", ""))
+    if not path.is_file():
+        raise FileNotFoundError(f"entry {label!r}: the victim checkpoint {path} named in {manifest} does not exist")
+    if file_sha256(path) != record.get("victim_checkpoint_sha256"):
+        raise ValueError(f"entry {label!r}: {path} changed since the attack recorded in {manifest} (sha256 differs)")
+    net, _, _ = load_victim(str(path))
+    data = record.get("data") or {}
+    mean, std = (torch.tensor(data[k], dtype=torch.float32).view(1, -1, 1, 1) for k in ("mean", "std"))
+    return NormalisedVictim(net, mean, std).eval()
 
 
 def _semsim_scorer(checkpoint: Path) -> Any:
@@ -264,8 +298,9 @@ def metric_agreement(
     Args:
         out: output folder.
         entries: one per victim configuration (label, inversion_dir, labels); see AgreementEntry.
-        metrics: from mse, psnr, ssim, stlpips, lpips (default mse, psnr, ssim, stlpips); lpips needs
-            lpips_backbone_file.
+        metrics: from mse, psnr, ssim, stlpips, lpips, feature_mse, agreement (default mse, psnr, ssim, stlpips);
+            lpips needs lpips_backbone_file; feature_mse (penultimate features) and agreement (same predicted class)
+            go through each entry's own victim, found from its inversion folder's manifest.json.
         lpips_backbone_file: torchvision AlexNet ImageNet weights for LPIPS (privacy.perceptual.LPIPS).
         semsim_checkpoint: a SemSimNet checkpoint; adds the metric 'semsim' (its distance; lower = more similar).
         semsim_distance: 'normalized' (between L2-normalised embeddings, as trained) or 'raw'.
@@ -281,10 +316,10 @@ def metric_agreement(
     if wandb_project is not None:
         require_wandb_credentials("metric-agreement")
     metrics = list(metrics if metrics is not None else DEFAULT_METRICS)
-    bad = [m for m in metrics if m not in IMAGE_METRICS]
+    bad = [m for m in metrics if m not in IMAGE_METRICS + VICTIM_METRICS]
     if bad or not metrics or len(set(metrics)) != len(metrics):
         raise ValueError(
-            f"--metrics {metrics}: give distinct names from {', '.join(IMAGE_METRICS)} (SemSim comes "
+            f"--metrics {metrics}: give distinct names from {', '.join(IMAGE_METRICS + VICTIM_METRICS)} (SemSim comes "
             "with --semsim_checkpoint)"
         )
     if "lpips" in metrics and lpips_backbone_file is None:
@@ -314,6 +349,9 @@ def metric_agreement(
             "semsim_distance": semsim_distance if semsim_path else None,
             "originals": sorted(keep) if keep else None,
             "lpips_backbone": lpips_backbone_file and file_sha256(lpips_backbone_file),
+            "victims": {g["label"]: _victim_sha(Path(g["folder"])) for g in gathered}
+            if any(m in VICTIM_METRICS for m in metrics)
+            else None,
             "psnr_max_db": psnr_max_db,
             "bootstrap": {"resamples": resamples, "seed": bootstrap_seed},
         }
