@@ -72,7 +72,9 @@ class RandomChannelNoise(torch.nn.Module):
     def __init__(self, max_gain: float, max_sigma: float) -> None:
         super().__init__()
         if not 0 <= max_gain < 1 or max_sigma < 0:
-            raise ValueError(f"RandomChannelNoise: need 0 <= max_gain < 1 and max_sigma >= 0; got {max_gain}, {max_sigma}")
+            raise ValueError(
+                f"RandomChannelNoise: need 0 <= max_gain < 1 and max_sigma >= 0; got {max_gain}, {max_sigma}"
+            )
         self.max_gain, self.max_sigma = max_gain, max_sigma
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
