@@ -174,3 +174,62 @@ def test_semsim_metric_on_held_out_originals(tmp_path: Path) -> None:
     assert (
         record["settings"]["semsim_distance"] == "normalized" and (tmp_path / "agree" / "scatter_semsim.png").exists()
     )
+
+
+def _with_victim(entries: list[dict[str, str]], tmp_path: Path) -> Path:
+    """Give every fabricated entry a manifest.json naming one tiny ImageClassifier checkpoint (as InversionWriter)."""
+    import lightning
+    import torch
+
+    from lightning_modules.classifier import ImageClassifier
+    from tools.files import file_sha256
+
+    model = ImageClassifier(backbone="resnet8-1", num_classes=3, image_size=16)
+    ckpt = tmp_path / "victim.ckpt"
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+         "pytorch-lightning_version": lightning.__version__},
+        ckpt,
+    )  # fmt: skip
+    for entry in entries:
+        manifest = {
+            "victim_checkpoint_path": str(ckpt),
+            "victim_checkpoint_sha256": file_sha256(ckpt),
+            "data": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        }
+        (Path(entry["inversion_dir"]) / "manifest.json").write_text(json.dumps(manifest))
+    return ckpt
+
+
+def test_victim_metrics_through_each_entrys_victim(tmp_path: Path) -> None:
+    import torch
+
+    from lightning_modules.inversion import NormalisedVictim, load_victim
+    from privacy.similarity import feature_mse
+
+    entries = _three(tmp_path)
+    ckpt = _with_victim(entries, tmp_path)
+    config = _config(tmp_path, entries, metrics=["mse", "feature_mse", "agreement"])
+    main(["metric-agreement", "--config", config])
+    record = json.loads((tmp_path / "agree" / "agreement.json").read_text())
+    assert record["metrics"]["feature_mse"]["higher_is_more_similar"] is False
+    assert record["metrics"]["agreement"]["higher_is_more_similar"] is True
+    assert set(record["settings"]["victims"]) == {"v0", "v1", "v2"}
+    # the figures are the victim's own, normalisation included: recompute entry v0's first pair by hand
+    from tools.metric_agreement import AgreementEntry, _gather, _score
+
+    gathered, _ = _gather([AgreementEntry(**entries[0])], None)
+    _score(gathered, ["feature_mse", "agreement"], None, None, "normalized", 100.0)
+    net, _, _ = load_victim(str(ckpt))
+    victim = NormalisedVictim(net, torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)).eval()
+    a, b = (torch.from_numpy(np.stack(x)).permute(0, 3, 1, 2).float() / 255 for x in zip(*gathered[0]["images"]))
+    assert gathered[0]["values"]["feature_mse"] == pytest.approx(feature_mse(victim, a, b).double().numpy(), rel=1e-5)
+    assert gathered[0]["values"]["feature_mse"].min() > 0
+    with torch.no_grad():
+        raw = net((a - 0.5) / 0.25).argmax(1) == net((b - 0.5) / 0.25).argmax(1)
+    assert gathered[0]["values"]["agreement"].tolist() == raw.double().tolist()
+    # a victim file that changed since the attack is refused, naming the entry
+    ckpt.write_bytes(ckpt.read_bytes() + b"\0")
+    changed = _config(tmp_path, entries, metrics=["feature_mse"], out=str(tmp_path / "b"))
+    with pytest.raises(ValueError, match=r"entry 'v0'.*changed since the attack"):
+        main(["metric-agreement", "--config", changed])

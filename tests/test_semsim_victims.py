@@ -152,6 +152,25 @@ def test_ats_preset_empty_is_identity_and_errors(tmp_path: Path) -> None:
         ImageFolderDataModule(train_roots=str(data / "train"), transform="ats", ats_policy="3-99")
 
 
+def test_robust_preset_noise_stays_in_range_and_varies() -> None:
+    from datamodules.transforms import RandomChannelNoise
+
+    img = _image(5, size=28)
+    robust = build_transform("robust", 32, True, None, None, train=True)
+    torch.manual_seed(0)
+    out = torch.stack([robust(img) for _ in range(16)])
+    assert out.shape == (16, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out[0], out[1])
+    channels = out.flatten(2).mean(-1)  # per-channel gains: the grey input comes out coloured
+    assert (channels.max(1).values - channels.min(1).values).max() > 0.02
+    plain = build_transform("none", 32, True, None, None, train=False)(img)
+    assert torch.equal(build_transform("robust", 32, True, None, None, train=False)(img), plain)  # evaluation: plain
+    zero = RandomChannelNoise(max_gain=0.0, max_sigma=0.0)
+    assert torch.equal(zero(plain), plain)
+    with pytest.raises(ValueError, match="max_gain < 1"):
+        RandomChannelNoise(max_gain=1.0, max_sigma=0.1)
+
+
 def test_ats_preset_in_membership_pool(tmp_path: Path) -> None:
     data = tiny_dataset(tmp_path / "data", {"a": 2, "b": 2})
     dm = ImageFolderDataModule(
