@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,16 +115,19 @@ def test_spinml_rows_name_what_they_compare() -> None:
     assert set(spinml_mi_rows(raw, fg, bg)) == {"L2/guide_vs_foreground", "L2/guide_vs_background"}
 
 
-def test_canvas_letterboxes_like_the_original() -> None:
+def test_canvas_letterboxes_like_the_original(monkeypatch: pytest.MonkeyPatch) -> None:
     image = Image.fromarray(np.full((50, 100, 3), 200, np.uint8))  # 100 wide, 50 high
     canvas = spinml_canvas(image)
     assert canvas.shape == (512, 512, 3) and canvas.dtype == np.uint8
     assert (canvas[:128] == 0).all() and (canvas[384:] == 0).all() and (canvas[128:384] == 200).all()
-    if importlib.util.find_spec("cv2") is None:
-        with pytest.raises(ImportError, match="opencv"):
-            canny_guide(canvas)
-    else:
-        assert set(np.unique(canny_guide(canvas))) <= {0, 255}
+    edges = canny_guide(canvas)  # the band's two long borders, nothing inside or outside it
+    assert set(np.unique(edges)) == {0, 255} and (edges[..., 0] == edges[..., 2]).all()
+    rows = np.flatnonzero(edges[:, 256, 0])
+    assert len(rows) > 0 and all(abs(r - 128) <= 1 or abs(r - 383) <= 1 for r in rows)
+    assert not edges[140:370, 20:490].any()
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as without OpenCV: a clear error, not a silent other Canny
+    with pytest.raises(ImportError, match="opencv"):
+        canny_guide(canvas)
 
 
 def test_sim_equals_a_naive_double_loop() -> None:
