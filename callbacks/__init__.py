@@ -9,6 +9,7 @@ from callbacks.predictions import PredictionWriter
 from callbacks.reports import TestReport
 from callbacks.run_dir import RunDirectory
 from callbacks.shadow_logits import ShadowLogitsWriter
+from callbacks.spinml_writer import SegmentLevelWriter as SegmentLevelWriter
 from callbacks.synthetic_images import SyntheticImageWriter
 
 __all__ = [

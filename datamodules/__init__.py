@@ -8,6 +8,7 @@ from datamodules.inversion_targets import InversionTargetDataModule
 from datamodules.membership import MembershipDataModule
 from datamodules.prompts import PromptDataModule
 from datamodules.spinml import SpinMLDataModule as SpinMLDataModule
+from datamodules.spinml_requests import SegmentRequestDataModule as SegmentRequestDataModule
 from datamodules.synthetic_pool import SyntheticPoolDataModule
 
 __all__ = [
