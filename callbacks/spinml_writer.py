@@ -179,12 +179,21 @@ class SegmentLevelWriter(BasePredictionWriter):
                     "foreground_prompt": f_item["prompt"], "background_prompt": b_item["prompt"],
                     "foreground_seed": f_item["seed"], "background_seed": b_item["seed"],
                     "mask": "real guiding mask" if fg > 0 else f"{self.mask_source} of the generated foreground",
+                    "mask_fraction": round(float((np.asarray(Image.open(sources["mask"])) > 127).mean()), 4),
                     "strength": self._config.get("strength") if 2 in (fg, bg) else None,
                     "canny_thresholds": self._config.get("canny_thresholds") if 1 in (fg, bg) else None,
                 })
         write_text_atomic(folder / MANIFEST_FILE, "".join(json.dumps(r) + "\n" for r in rows))
         old = json.loads((folder / CONFIG_FILE).read_text())
         write_json_atomic(folder / CONFIG_FILE, {**old, **self._config, "complete": True, "written": len(rows)})
+        empty = sorted({f"L{r['foreground_level']}/{r['file']}" for r in rows if r["mask_fraction"] == 0})
+        if empty:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"SegmentLevelWriter: {len(empty)} generated foregrounds have an empty mask (e.g. {empty[:3]}): their "
+                f"composites show the background only; see mask_fraction in {folder / MANIFEST_FILE}"
+            )
 
 
 def _link(source: Path, target: Path) -> None:

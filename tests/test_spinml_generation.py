@@ -177,6 +177,7 @@ def test_writer_builds_level_folders_resumes_and_refuses_other_configs(husky: Pa
     assert config["complete"] and config["strength"] == 0.5 and config["canny_thresholds"] == [100, 200]
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and {r["pair"] for r in rows} == {"L0_L0", "L1_L0", "L2_L0", "L2_L2"}
+    assert all(r["mask_fraction"] > 0.2 for r in rows if r["foreground_level"] > 0)  # the real 24x22 of 48x48 box
     real_mask = np.array(Image.open(husky / "real/raw_split/mask/a_sitting_1.png").resize((16, 16), Image.NEAREST))
     for pair in ("L0_L0", "L1_L0", "L2_L0", "L2_L2"):
         for part in ("foreground", "background", "mask"):
@@ -209,3 +210,22 @@ def test_requests_validate_inputs(husky: Path) -> None:
     (husky / "real/raw_split/mask/b_eating_2.png").unlink()
     with pytest.raises(FileNotFoundError, match="no mask segment"):
         requests(husky)
+
+
+def test_dpm_sampler_img2img_and_example_config_parses(husky: Path, capsys: pytest.CaptureFixture) -> None:
+    import yaml
+
+    from cli import main
+
+    dm = requests(husky)
+    b2 = batch_of(dm, "background", 0)
+    model = make(sampler="dpm", strength=0.75, allow_untrained_controlnet=True)
+    prompts, seeds = list(b2["prompt"]), b2["seed"].tolist()
+    l2 = model.generate_level(prompts, seeds, 2, segment=b2["segment"])  # DPM-Solver started mid-schedule
+    assert torch.isfinite(l2).all() and not torch.equal(l2, model.generate_level(prompts, seeds, 0))
+    with pytest.raises(SystemExit) as done:
+        main(["predict", "--config", str(Path(__file__).parents[1] / "configs/spinml/generate_cpu.yaml"), "--print_config"])
+    assert done.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["class_path"].endswith("SegmentGeneration")
+    assert config["data"]["init_args"]["level_pairs"] == ["L0_L0", "L1_L0", "L2_L0"]
