@@ -37,27 +37,48 @@ sys.path.insert(0, str(ROOT))
 CPU_STUDY = {  # configs/tckr/cpu/base.yaml's components
     "seed": 0,
     "unet": dict(
-        sample_size=28, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=[32, 32, 64],
+        sample_size=28,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=[32, 32, 64],
         down_block_types=["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
-        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"], cross_attention_dim=64,
-        attention_head_dim=8, norm_num_groups=8,
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=8,
     ),
-    "text_encoder": dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_hidden_layers=2,
-                         projection_dim=64),
-    "tokenizer": {"words": ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"],
-                  "max_length": 8},
-    "scheduler": {"kind": "ddpm", "prediction_type": "v_prediction", "beta_schedule": "squaredcos_cap_v2",
-                  "num_train_timesteps": 1000},
+    "text_encoder": dict(
+        hidden_size=64, intermediate_size=128, num_attention_heads=2, num_hidden_layers=2, projection_dim=64
+    ),
+    "tokenizer": {
+        "words": ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"],
+        "max_length": 8,
+    },
+    "scheduler": {
+        "kind": "ddpm",
+        "prediction_type": "v_prediction",
+        "beta_schedule": "squaredcos_cap_v2",
+        "num_train_timesteps": 1000,
+    },
 }
 SMALL = {
     **CPU_STUDY,
     "unet": dict(
-        sample_size=16, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=[16, 32],
-        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=[16, 32],
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
     ),
-    "text_encoder": dict(hidden_size=32, intermediate_size=37, num_attention_heads=2, num_hidden_layers=1,
-                         projection_dim=32),
+    "text_encoder": dict(
+        hidden_size=32, intermediate_size=37, num_attention_heads=2, num_hidden_layers=1, projection_dim=32
+    ),
 }
 
 
@@ -66,7 +87,7 @@ def write_model(folder: Path, components: dict) -> tuple[Path, Path]:
     from diffusers import ControlNetModel
 
     from lightning_modules.networks.diffusion import build_components, save_components
-    from lightning_modules.spinml_generation import embedding_channels
+    from lightning_modules.spinml_controlnet import embedding_channels
 
     parts = build_components(components)
     save_components(parts, folder / "base")
@@ -79,8 +100,13 @@ def load(base: Path, controlnet: Path, steps: int):
     from lightning_modules.spinml_generation import SegmentGeneration
 
     return SegmentGeneration(
-        pretrained_model_path=str(base), controlnet_path=str(controlnet), finetune="full", sampler="dpm",
-        num_inference_steps=steps, guidance_scale=1.5, strength=0.6,
+        pretrained_model_path=str(base),
+        controlnet_path=str(controlnet),
+        finetune="full",
+        sampler="dpm",
+        num_inference_steps=steps,
+        guidance_scale=1.5,
+        strength=0.6,
     ).eval()
 
 
@@ -96,7 +122,10 @@ def requests(n: int, size: int) -> dict:
 
 def generate(model, level: int, req: dict) -> torch.Tensor:
     return model.generate_level(
-        req["prompts"], req["seeds"], level, segment=req["segment"] if level == 2 else None,
+        req["prompts"],
+        req["seeds"],
+        level,
+        segment=req["segment"] if level == 2 else None,
         guide=req["guide"] if level == 1 else None,
     )
 
@@ -147,15 +176,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             mem["separate"] = param_bytes(*models)
     identical = all(torch.equal(outs_one[lv], outs_sep[lv]) for lv in (0, 1, 2))
     results = {
-        "one_model_s": min(one), "separate_s": min(separate), "load_s": min(load_s),
-        "ratio": min(separate) / min(one), "memory_ratio": mem["separate"] / mem["one"],
+        "one_model_s": min(one),
+        "separate_s": min(separate),
+        "load_s": min(load_s),
+        "ratio": min(separate) / min(one),
+        "memory_ratio": mem["separate"] / mem["one"],
     }
-    print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | threads {torch.get_num_threads()}"
-          f" | {'small' if args.small else 'CPU-study'} model {size} px, {args.n} requests x 3 levels, {args.steps} steps")
+    print(
+        f"torch {torch.__version__} | {platform.processor() or platform.machine()} | threads {torch.get_num_threads()}"
+        f" | {'small' if args.small else 'CPU-study'} model {size} px, {args.n} requests x 3 levels, {args.steps} steps"
+    )
     print(f"one model (1 load + L0, L1, L2) : {results['one_model_s']:8.3f} s  (load {results['load_s']:.3f} s)")
     print(f"separate (3 loads, one level each): {results['separate_s']:8.3f} s")
-    print(f"ratio separate / one model: {results['ratio']:.2f}x time; parameter memory "
-          f"{mem['separate'] / 2**20:.1f} MiB vs {mem['one'] / 2**20:.1f} MiB ({results['memory_ratio']:.2f}x)")
+    print(
+        f"ratio separate / one model: {results['ratio']:.2f}x time; parameter memory "
+        f"{mem['separate'] / 2**20:.1f} MiB vs {mem['one'] / 2**20:.1f} MiB ({results['memory_ratio']:.2f}x)"
+    )
     print(f"identical images: {identical}")
     if not identical:
         raise SystemExit("the two ways gave different images")

@@ -86,8 +86,10 @@ class SegmentLevelWriter(BasePredictionWriter):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "request_config"):
             raise ValueError("SegmentLevelWriter needs a SegmentRequestDataModule (data.class_path)")
-        if not hasattr(pl_module, "generation_config"):
+        if not hasattr(pl_module, "check_level_ready"):
             raise ValueError("SegmentLevelWriter needs a SegmentGeneration model (model.class_path)")
+        for level in sorted({item["level"] for item in dm.items}):  # refuse before writing anything
+            pl_module.check_level_ready(level)
         folder = self.folder(trainer)
         self._config = {
             **{k: json_plain(v) for k, v in pl_module.generation_config().items()},
@@ -117,8 +119,14 @@ class SegmentLevelWriter(BasePredictionWriter):
         return np.where(mask, 255, 0).astype(np.uint8)
 
     def write_on_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, prediction: Any, batch_indices: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int,
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
     ) -> None:
         """Write each generated segment (checked against its request) and, for foregrounds, its mask."""
         dm = trainer.datamodule
@@ -126,7 +134,9 @@ class SegmentLevelWriter(BasePredictionWriter):
         indices = [int(i) for i in torch.as_tensor(prediction["index"]).tolist()]
         images = torch.as_tensor(prediction["images"])
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[0] != len(indices):
-            raise ValueError(f"SegmentLevelWriter: expected uint8 images (B, 3, H, W); got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"SegmentLevelWriter: expected uint8 images (B, 3, H, W); got {images.dtype} {tuple(images.shape)}"
+            )
         masks = torch.as_tensor(prediction["mask"])
         levels = [int(v) for v in torch.as_tensor(prediction["level"]).tolist()]
         for row, index in enumerate(indices):
@@ -173,16 +183,25 @@ class SegmentLevelWriter(BasePredictionWriter):
                 }
                 for part, source in sources.items():
                     _link(source, folder / pair / part / f"{stem}.png")
-                rows.append({
-                    "pair": pair, "name": name, "file": f"{stem}.png", "label": f_item["label"],
-                    "class": dm.class_names[f_item["label"]], "foreground_level": fg, "background_level": bg,
-                    "foreground_prompt": f_item["prompt"], "background_prompt": b_item["prompt"],
-                    "foreground_seed": f_item["seed"], "background_seed": b_item["seed"],
-                    "mask": "real guiding mask" if fg > 0 else f"{self.mask_source} of the generated foreground",
-                    "mask_fraction": round(float((np.asarray(Image.open(sources["mask"])) > 127).mean()), 4),
-                    "strength": self._config.get("strength") if 2 in (fg, bg) else None,
-                    "canny_thresholds": self._config.get("canny_thresholds") if 1 in (fg, bg) else None,
-                })
+                rows.append(
+                    {
+                        "pair": pair,
+                        "name": name,
+                        "file": f"{stem}.png",
+                        "label": f_item["label"],
+                        "class": dm.class_names[f_item["label"]],
+                        "foreground_level": fg,
+                        "background_level": bg,
+                        "foreground_prompt": f_item["prompt"],
+                        "background_prompt": b_item["prompt"],
+                        "foreground_seed": f_item["seed"],
+                        "background_seed": b_item["seed"],
+                        "mask": "real guiding mask" if fg > 0 else f"{self.mask_source} of the generated foreground",
+                        "mask_fraction": round(float((np.asarray(Image.open(sources["mask"])) > 127).mean()), 4),
+                        "strength": self._config.get("strength") if 2 in (fg, bg) else None,
+                        "canny_thresholds": self._config.get("canny_thresholds") if 1 in (fg, bg) else None,
+                    }
+                )
         write_text_atomic(folder / MANIFEST_FILE, "".join(json.dumps(r) + "\n" for r in rows))
         old = json.loads((folder / CONFIG_FILE).read_text())
         write_json_atomic(folder / CONFIG_FILE, {**old, **self._config, "complete": True, "written": len(rows)})

@@ -140,7 +140,10 @@ class SegmentRequestDataModule(LightningDataModule):
         bad = [p for p, lv in zip(pairs, self.level_pairs) if any(v not in (0, 1, 2) for v in lv)]
         if bad:
             raise ValueError(f"data.level_pairs: {bad} use levels outside 0, 1, 2")
-        for option, template in (("foreground_template", foreground_template), ("background_template", background_template)):
+        for option, template in (
+            ("foreground_template", foreground_template),
+            ("background_template", background_template),
+        ):
             if "{class_name}" not in template:
                 raise ValueError(f"data.{option}: expected a '{{class_name}}' placeholder; found {template!r}")
         if resolution < 8 or batch_size < 1:
@@ -161,16 +164,25 @@ class SegmentRequestDataModule(LightningDataModule):
         self.files = {t.name: t for t in triples}
         labels = {t.name: label_of(t.foreground, pattern, self.class_names) for t in triples}
         templates = {"foreground": foreground_template, "background": background_template}
-        needed = sorted({("foreground", f) for f, _ in self.level_pairs} | {("background", b) for _, b in self.level_pairs})
+        needed = sorted(
+            {("foreground", f) for f, _ in self.level_pairs} | {("background", b) for _, b in self.level_pairs}
+        )
         self.items: list[dict[str, Any]] = []
         for part, level in needed:
             for t in triples:
                 stem = Path(t.name).stem
-                self.items.append({
-                    "index": len(self.items), "name": t.name, "stem": stem, "part": part, "level": level,
-                    "label": labels[t.name], "seed": request_seed(seed, part, stem),
-                    "prompt": templates[part].format(class_name=self.class_names[labels[t.name]]),
-                })
+                self.items.append(
+                    {
+                        "index": len(self.items),
+                        "name": t.name,
+                        "stem": stem,
+                        "part": part,
+                        "level": level,
+                        "label": labels[t.name],
+                        "seed": request_seed(seed, part, stem),
+                        "prompt": templates[part].format(class_name=self.class_names[labels[t.name]]),
+                    }
+                )
         self._skipped: set[int] = set()
 
     # ------------------------------------------------------------------ requests
@@ -224,14 +236,22 @@ class SegmentRequestDataModule(LightningDataModule):
         """(real segment, Canny map, prompt) pairs of ``train_parts``, shuffled: ControlNet training."""
         items = []
         for part in self.train_parts:
-            for name, t in self.files.items():
+            for name in self.files:
                 stem = Path(name).stem
                 label = next(i["label"] for i in self.items if i["name"] == name)
                 template = self.hparams[f"{part}_template"]
-                items.append({
-                    "index": len(items), "name": name, "stem": stem, "part": part, "level": 1, "label": label,
-                    "seed": 0, "prompt": template.format(class_name=self.class_names[label]),
-                })
+                items.append(
+                    {
+                        "index": len(items),
+                        "name": name,
+                        "stem": stem,
+                        "part": part,
+                        "level": 1,
+                        "label": label,
+                        "seed": 0,
+                        "prompt": template.format(class_name=self.class_names[label]),
+                    }
+                )
         return DataLoader(
             _Pairs(items, self.files, self.hparams.resolution),
             batch_size=self.hparams.batch_size,

@@ -31,60 +31,15 @@ folder that ``controlnet_path`` loads.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from lightning_modules.diffusion import TextToImageDiffusion
+from lightning_modules.spinml_controlnet import check_controlnet, embedding_channels, load_controlnet
 
 LEVELS = (0, 1, 2)
-
-
-def embedding_channels(latent_scale: int) -> list[int]:
-    """Default ControlNet conditioning-embedding channels for a model whose VAE downsamples ``latent_scale``x
-    (SD's (16, 32, 96, 256) for 8x, (16, 32) for 2x, (16,) = full resolution for pixel space)."""
-    stages = int(math.log2(latent_scale)) + 1
-    return ([16, 32, 96, 256] + [256] * 8)[:stages]
-
-
-def check_controlnet(controlnet: Any, unet: Any, latent_scale: int, where: str) -> None:
-    """Refuse a ControlNet that does not fit the UNet or whose conditioning embedding does not downsample the
-    control image to the latent grid (the error diffusers would raise only mid-sampling, as a tensor mismatch)."""
-    cfg, ucfg = controlnet.config, unet.config
-    emb = list(cfg.conditioning_embedding_out_channels)
-    factor = 2 ** (len(emb) - 1)
-    space = "pixel space (no VAE)" if latent_scale == 1 else f"a VAE that downsamples {latent_scale}x"
-    if factor != latent_scale:
-        raise ValueError(
-            f"{where}: the ControlNet's conditioning embedding {emb} downsamples the control image {factor}x, but "
-            f"the model works in {space}; its edge features would not fit the UNet's input grid. A ControlNet "
-            f"for this model needs {int(math.log2(latent_scale)) + 1} conditioning_embedding_out_channels (e.g. "
-            f"{embedding_channels(latent_scale)})"
-        )
-    for key in ("in_channels", "block_out_channels", "cross_attention_dim", "down_block_types", "layers_per_block"):
-        mine, theirs = getattr(cfg, key, None), getattr(ucfg, key, None)
-        if mine is not None and theirs is not None and list(_seq(mine)) != list(_seq(theirs)):
-            raise ValueError(f"{where}: ControlNet {key} {mine} differs from the UNet's {theirs}; it is not this model's")
-
-
-def _seq(value: Any) -> Any:
-    return value if isinstance(value, (list, tuple)) else [value]
-
-
-def load_controlnet(path: str | Path) -> Any:
-    """A diffusers ``ControlNetModel`` from a local folder (``config.json`` + weights); nothing is downloaded."""
-    from diffusers import ControlNetModel
-
-    folder = Path(path).expanduser()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model.controlnet_path: {folder} is not a ControlNet folder (no config.json); put a diffusers "
-            "ControlNetModel there (save_pretrained / the AdapterExport of a `finetune: controlnet` fit), e.g. an "
-            "SD2-compatible Canny ControlNet for SD2 bases"
-        )
-    return ControlNetModel.from_pretrained(str(folder), local_files_only=True)
 
 
 class SegmentGeneration(TextToImageDiffusion):
@@ -173,11 +128,17 @@ class SegmentGeneration(TextToImageDiffusion):
             return super().forward(noisy, timesteps, prompt_embeds)
         embeds = prompt_embeds.to(noisy.dtype)
         down, mid = self.controlnet(
-            noisy, timesteps, encoder_hidden_states=embeds, controlnet_cond=self._control.to(noisy.dtype),
+            noisy,
+            timesteps,
+            encoder_hidden_states=embeds,
+            controlnet_cond=self._control.to(noisy.dtype),
             return_dict=False,
         )
         return self.unet(
-            noisy, timesteps, encoder_hidden_states=embeds, down_block_additional_residuals=down,
+            noisy,
+            timesteps,
+            encoder_hidden_states=embeds,
+            down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
         ).sample
 
@@ -227,12 +188,23 @@ class SegmentGeneration(TextToImageDiffusion):
     def check_level_ready(self, level: int) -> None:
         """Refuse L1 with an untrained from-UNet ControlNet (it would equal L0) unless explicitly allowed."""
         hp = self.hparams
-        if level == 1 and hp.controlnet_path is None and hp.finetune != "controlnet" and not hp.allow_untrained_controlnet:
+        if (
+            level == 1
+            and hp.controlnet_path is None
+            and hp.finetune != "controlnet"
+            and not hp.allow_untrained_controlnet
+        ):
             raise ValueError(
                 "L1 needs a trained ControlNet: a ControlNet made from the UNet is an exact no-op (L1 would equal "
                 "L0). Give model.controlnet_path (a local ControlNet folder, e.g. the adapter/ of a "
                 "`finetune: controlnet` fit), or set model.allow_untrained_controlnet: true knowingly"
             )
+
+    def on_predict_start(self) -> None:
+        """Refuse a level that cannot run before the first request is generated."""
+        items = getattr(getattr(self.trainer, "datamodule", None), "items", None) or []
+        for level in sorted({int(i["level"]) for i in items if "level" in i}):
+            self.check_level_ready(level)
 
     @torch.no_grad()
     def generate_level(
@@ -262,7 +234,9 @@ class SegmentGeneration(TextToImageDiffusion):
             name, tensor = need
             if tensor is None or tuple(tensor.shape) != (len(prompts), 3, height, width):
                 found = None if tensor is None else tuple(tensor.shape)
-                raise ValueError(f"L{level}: expected {name} of shape {(len(prompts), 3, height, width)}; found {found}")
+                raise ValueError(
+                    f"L{level}: expected {name} of shape {(len(prompts), 3, height, width)}; found {found}"
+                )
         dtype = self.unet.conv_in.weight.dtype
         shape = (self.unet.config.in_channels, height // scale, width // scale)
         noise = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
@@ -297,8 +271,12 @@ class SegmentGeneration(TextToImageDiffusion):
             extra = {}
             if control is not None:
                 down, mid = self.controlnet(
-                    model_in, t, encoder_hidden_states=cond, controlnet_cond=control,
-                    conditioning_scale=float(hp.controlnet_conditioning_scale), return_dict=False,
+                    model_in,
+                    t,
+                    encoder_hidden_states=cond,
+                    controlnet_cond=control,
+                    conditioning_scale=float(hp.controlnet_conditioning_scale),
+                    return_dict=False,
                 )
                 extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
             pred = self.unet(model_in, t, encoder_hidden_states=cond, **extra).sample.float()
@@ -319,14 +297,21 @@ class SegmentGeneration(TextToImageDiffusion):
             rows = [i for i, v in enumerate(levels) if v == level]
             pick = torch.tensor(rows)
             images = self.generate_level(
-                [prompts[i] for i in rows], [seeds[i] for i in rows], level,
+                [prompts[i] for i in rows],
+                [seeds[i] for i in rows],
+                level,
                 segment=batch["segment"][pick] if level == 2 else None,
                 guide=batch["guide"][pick] if level == 1 else None,
             )
             out[pick] = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
         return {
-            "index": batch["index"], "images": out, "level": batch["level"], "part": list(batch["part"]),
-            "prompt": prompts, "seed": batch["seed"], "mask": batch["mask"],
+            "index": batch["index"],
+            "images": out,
+            "level": batch["level"],
+            "part": list(batch["part"]),
+            "prompt": prompts,
+            "seed": batch["seed"],
+            "mask": batch["mask"],
         }
 
     def generation_config(self) -> dict[str, Any]:
@@ -364,9 +349,15 @@ class SegmentGeneration(TextToImageDiffusion):
         from lightning_modules.networks.diffusion import sampling_scheduler
 
         base = StableDiffusionPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=sampling_scheduler(self.scheduler_config, self.hparams.sampler), safety_checker=None,
-            feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=sampling_scheduler(self.scheduler_config, self.hparams.sampler),
+            safety_checker=None,
+            feature_extractor=None,
+            image_encoder=None,
+            requires_safety_checker=False,
         )
         return {
             0: base,

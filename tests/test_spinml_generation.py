@@ -19,24 +19,46 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PIXEL = {
     "seed": 0,
     "unet": dict(
-        sample_size=16, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=[16, 32],
-        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=[16, 32],
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
     ),
-    "text_encoder": dict(hidden_size=32, intermediate_size=37, num_attention_heads=2, num_hidden_layers=1, projection_dim=32),
+    "text_encoder": dict(
+        hidden_size=32, intermediate_size=37, num_attention_heads=2, num_hidden_layers=1, projection_dim=32
+    ),
     "tokenizer": {"words": ["sitting", "eating", "sleeping", "playing", "dog"], "max_length": 8},
     "scheduler": {"kind": "ddpm", "prediction_type": "v_prediction", "beta_schedule": "squaredcos_cap_v2"},
 }
 LATENT = {
     **PIXEL,
     "unet": dict(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[32, 64],
-        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-        cross_attention_dim=32, attention_head_dim=[2, 4], use_linear_projection=True, norm_num_groups=32,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=[32, 64],
+        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+        cross_attention_dim=32,
+        attention_head_dim=[2, 4],
+        use_linear_projection=True,
+        norm_num_groups=32,
     ),
     "vae": dict(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[32, 64],
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=32,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=[32, 64],
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        norm_num_groups=32,
         sample_size=16,
     ),
 }
@@ -65,8 +87,12 @@ def husky(tmp_path: Path) -> Path:
         image[mask > 0] = (220, 180, 60)
         fg = np.where(mask[:, :, None] > 0, image, 0).astype(np.uint8)
         bg = np.where(mask[:, :, None] > 0, 0, image).astype(np.uint8)
-        for folder, pixels in (("raw", image), ("raw_split/foreground", fg), ("raw_split/background", bg),
-                               ("raw_split/mask", mask)):
+        for folder, pixels in (
+            ("raw", image),
+            ("raw_split/foreground", fg),
+            ("raw_split/background", bg),
+            ("raw_split/mask", mask),
+        ):
             (root / "real" / folder).mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(root / "real" / folder / f"{name}.png")
     return root
@@ -84,7 +110,9 @@ def batch_of(dm, part: str, level: int) -> dict:
     from torch.utils.data import default_collate
 
     ds = dm.predict_dataloader().dataset
-    return default_collate([ds[i] for i in range(len(ds)) if ds.items[i]["part"] == part and ds.items[i]["level"] == level])
+    return default_collate(
+        [ds[i] for i in range(len(ds)) if ds.items[i]["part"] == part and ds.items[i]["level"] == level]
+    )
 
 
 def test_levels_share_one_model_and_keep_their_invariants(husky: Path) -> None:
@@ -112,7 +140,7 @@ def test_levels_share_one_model_and_keep_their_invariants(husky: Path) -> None:
 def test_controlnet_that_does_not_fit_the_vae_is_refused_before_generating(tmp_path: Path) -> None:
     from diffusers import ControlNetModel
 
-    from lightning_modules.spinml_generation import check_controlnet
+    from lightning_modules.spinml_controlnet import check_controlnet
 
     pixel = make()
     assert list(pixel.controlnet.config.conditioning_embedding_out_channels) == [16]  # full resolution
@@ -125,7 +153,9 @@ def test_controlnet_that_does_not_fit_the_vae_is_refused_before_generating(tmp_p
     latent = make(components=LATENT)  # 2x VAE: two embedding stages
     assert list(latent.controlnet.config.conditioning_embedding_out_channels) == [16, 32]
     sd_default = ControlNetModel.from_unet(latent.unet)  # SD's 8x embedding
-    with pytest.raises(ValueError, match=r"downsamples the control image 8x, but the model works in a VAE that downsamples 2x"):
+    with pytest.raises(
+        ValueError, match=r"downsamples the control image 8x, but the model works in a VAE that downsamples 2x"
+    ):
         check_controlnet(sd_default, latent.unet, latent.latent_scale, "test")
     pipes = latent.pipelines()  # from_pipe: the same loaded modules in every level's pipeline
     assert pipes[1].unet is pipes[2].unet is latent.unet and pipes[1].controlnet is latent.controlnet
@@ -138,8 +168,15 @@ def test_controlnet_finetune_trains_only_the_control_branch(husky: Path, tmp_pat
     trainable = model.trainable_keys
     assert trainable and all(k.startswith("controlnet.") for k in trainable)
     unet_before = {k: v.clone() for k, v in model.unet.state_dict().items()}
-    trainer = Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer = Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=dm)
     model.eval()
     assert all(torch.equal(v, model.unet.state_dict()[k]) for k, v in unet_before.items())
@@ -158,16 +195,27 @@ def _predict(root: Path, tmp_path: Path, **model_kw) -> tuple[Trainer, object]:
     from callbacks.spinml_writer import SegmentLevelWriter
 
     dm = requests(root, level_pairs=["L0_L0", "L1_L0", "L2_L0", "L2_L2"])
-    model = make(allow_untrained_controlnet=True, **model_kw)
+    model_kw.setdefault("allow_untrained_controlnet", True)
+    model = make(**model_kw)
     writer = SegmentLevelWriter(output_dir=str(root / "synthetic"), mask_source="box-gmm")
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[writer], default_root_dir=tmp_path)
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[writer],
+        default_root_dir=tmp_path,
+    )
     trainer.predict(model, datamodule=dm)
     return trainer, dm
 
 
 def test_writer_builds_level_folders_resumes_and_refuses_other_configs(husky: Path, tmp_path: Path) -> None:
     from datamodules.spinml import SpinMLDataModule
+
+    with pytest.raises(ValueError, match="L1 needs a trained ControlNet"):  # refused before anything is generated
+        _predict(husky, tmp_path, allow_untrained_controlnet=False)
+    assert not (husky / "synthetic").exists()
 
     _, dm = _predict(husky, tmp_path, strength=0.5)
     # (foreground L0, L1, L2) + (background L0, L2), 2 images each: every (part, level) generated once.
@@ -188,17 +236,24 @@ def test_writer_builds_level_folders_resumes_and_refuses_other_configs(husky: Pa
     # L0_L0 and L1_L0 reuse the one generated background (linked, not regenerated)
     assert os.path.samefile(out / "L0_L0/background/a_sitting_1.png", out / "L1_L0/background/a_sitting_1.png")
     # SpinML's reader accepts the folder (hidden .segments/ is ignored)
-    spin = SpinMLDataModule(root=str(husky), first_level="L1_L0", second_level="L2_L0", alpha=0.5, val_fraction=0.0,
-                            image_size=16, batch_size=2)
+    spin = SpinMLDataModule(
+        root=str(husky),
+        first_level="L1_L0",
+        second_level="L2_L0",
+        alpha=0.5,
+        val_fraction=0.0,
+        image_size=16,
+        batch_size=2,
+    )
     assert spin.levels == ["L0_L0", "L1_L0", "L2_L0", "L2_L2"]
 
     stamp = {p: p.stat().st_mtime_ns for p in (out / ".segments").rglob("*.png")}
     (out / ".segments/background/L2/b_eating_2.png").unlink()  # a killed run: one segment missing
-    trainer, dm = _predict(husky, tmp_path, strength=0.5)
+    _, dm = _predict(husky, tmp_path, strength=0.5)
     again = {p: p.stat().st_mtime_ns for p in (out / ".segments").rglob("*.png")}
     changed = [p.name for p in again if again[p] != stamp.get(p)]
     assert changed == ["b_eating_2.png"] and len(dm.pending()) == 1
-    with pytest.raises(FileExistsError, match="strength 0.5 -> 0.75"):
+    with pytest.raises(FileExistsError, match=r"strength 0\.5 -> 0\.75"):
         _predict(husky, tmp_path, strength=0.75)
 
 
@@ -224,7 +279,14 @@ def test_dpm_sampler_img2img_and_example_config_parses(husky: Path, capsys: pyte
     l2 = model.generate_level(prompts, seeds, 2, segment=b2["segment"])  # DPM-Solver started mid-schedule
     assert torch.isfinite(l2).all() and not torch.equal(l2, model.generate_level(prompts, seeds, 0))
     with pytest.raises(SystemExit) as done:
-        main(["predict", "--config", str(Path(__file__).parents[1] / "configs/spinml/generate_cpu.yaml"), "--print_config"])
+        main(
+            [
+                "predict",
+                "--config",
+                str(Path(__file__).parents[1] / "configs/spinml/generate_cpu.yaml"),
+                "--print_config",
+            ]
+        )
     assert done.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["class_path"].endswith("SegmentGeneration")
