@@ -22,6 +22,8 @@ TOOLS: dict[str, str] = {
     "judge-labels": "tools.judge_labels:judge_labels",
     "segment": "tools.segment:segment",
     "spinml-demo-data": "tools.spinml_demo_data:build_spinml_demo",
+    "spinml-leakage": "tools.spinml_leakage:spinml_leakage",
+    "spinml-report": "tools.spinml_report:spinml_report",
 }
 
 
