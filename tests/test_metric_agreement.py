@@ -228,6 +228,26 @@ def test_victim_metrics_through_each_entrys_victim(tmp_path: Path) -> None:
     with torch.no_grad():
         raw = net((a - 0.5) / 0.25).argmax(1) == net((b - 0.5) / 0.25).argmax(1)
     assert gathered[0]["values"]["agreement"].tolist() == raw.double().tolist()
+    # entry v2 attacks another victim: feature-MSE (in each victim's own units) is not compared across victims
+    other = tmp_path / "other.ckpt"
+    torch.manual_seed(1)
+    from lightning_modules.classifier import ImageClassifier
+    from tools.files import file_sha256
+
+    model = ImageClassifier(backbone="resnet8-1", num_classes=3, image_size=16)
+    torch.save({**torch.load(ckpt, weights_only=True), "state_dict": model.state_dict()}, other)
+    manifest = Path(entries[2]["inversion_dir"]) / "manifest.json"
+    record2 = {**json.loads(manifest.read_text()), "victim_checkpoint_path": str(other)}
+    manifest.write_text(json.dumps({**record2, "victim_checkpoint_sha256": file_sha256(other)}))
+    mixed = _config(tmp_path, entries, metrics=["mse", "feature_mse", "agreement"], out=str(tmp_path / "mixed"))
+    main(["metric-agreement", "--config", mixed])
+    mixed_record = json.loads((tmp_path / "mixed" / "agreement.json").read_text())
+    fm = mixed_record["metrics"]["feature_mse"]
+    assert fm["model_level"]["kendall"] is None and "own feature units" in fm["model_level"]["unavailable"]
+    assert fm["image_level"]["pairs"] < record["metrics"]["feature_mse"]["image_level"]["pairs"]
+    assert mixed_record["metrics"]["mse"]["image_level"]["pairs"] == record["metrics"]["mse"]["image_level"]["pairs"]
+    assert mixed_record["best"]["image"]["metric"] != "feature_mse"
+    assert "feature_mse is in each victim's own feature units" in (tmp_path / "mixed" / "agreement.md").read_text()
     # a victim file that changed since the attack is refused, naming the entry
     ckpt.write_bytes(ckpt.read_bytes() + b"\0")
     changed = _config(tmp_path, entries, metrics=["feature_mse"], out=str(tmp_path / "b"))

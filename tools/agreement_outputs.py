@@ -42,6 +42,12 @@ def markdown(record: dict[str, Any]) -> str:
             lines.append(
                 f"- {text}: {best['metric']} agrees best ({best['value']:.3f}); its interval overlaps no other."
             )
+    if any(record["best"].values()):  # a metric left out where others have figures says why
+        lines += [
+            f"- {name}: {m['model_level']['unavailable']}."
+            for name, m in record["metrics"].items()
+            if m["model_level"].get("unavailable")
+        ]
     lines += [
         "",
         "| configuration | reconstructions | unlabelled (left out) | leakage rate | "

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from privacy.agreement import best_metric, image_level, model_level
+from privacy.agreement import CORRELATIONS, best_metric, image_level, model_level
 from tools.agreement_outputs import METHOD, log_wandb, markdown, scatter
 from tools.files import file_sha256, json_plain, write_json_atomic, write_text_atomic
 from tools.report_inputs import ConfigPath, resolve_input
@@ -39,6 +39,11 @@ FORMAT = 1
 DEFAULT_METRICS = ("mse", "psnr", "ssim", "stlpips")
 IMAGE_METRICS = ("mse", "psnr", "ssim", "stlpips", "lpips")
 VICTIM_METRICS = ("feature_mse", "agreement")  # through each entry's own victim (its inversion manifest)
+VICTIM_UNITS = ("feature_mse",)  # in the victim's own feature units: not comparable between victims
+_UNITS_REASON = (
+    "{name} is in each victim's own feature units, and the entries attack different victims: no correlation "
+    "across them; pairwise agreement only between reconstructions attacked through the same victim"
+)
 REC = re.compile(r"^(?P<id>.+)_(?P<label>-?\d+)_rec\.png$")
 
 
@@ -366,20 +371,32 @@ def metric_agreement(
     higher = {**HIGHER_IS_MORE_SIMILAR, "semsim": False}
     rec = [g["recognisable"] for g in gathered]
     groups = np.concatenate([g["ids"] for g in gathered])
-    results = {}
+    victims = [_victim_sha(Path(g["folder"])) for g in gathered]
+    results, restricted = {}, set()
     for name in names:
         vals = [g["values"][name] for g in gathered]
+        ml = model_level(vals, rec, higher[name], resamples, bootstrap_seed)
+        pair_groups = groups
+        if name in VICTIM_UNITS and len(set(victims)) > 1:
+            restricted.add(name)
+            # in each victim's own feature units: only reconstructions attacked through one victim compare
+            ml = {**ml, **{c: None for c in CORRELATIONS}, "unavailable": _UNITS_REASON.format(name=name)}
+            pair_groups = np.concatenate([[f"{v}:{i}" for i in g["ids"]] for v, g in zip(victims, gathered)])
         results[name] = {
             "higher_is_more_similar": higher[name],
-            "model_level": model_level(vals, rec, higher[name], resamples, bootstrap_seed),
+            "model_level": ml,
             "image_level": image_level(
-                np.concatenate(vals), np.concatenate(rec), groups, higher[name], resamples, bootstrap_seed
+                np.concatenate(vals), np.concatenate(rec), pair_groups, higher[name], resamples, bootstrap_seed
             ),
         }
     best = {
         "kendall": best_metric({n: r["model_level"]["kendall"] for n, r in results.items()}),
-        "image": best_metric(
-            {n: {"value": r["image_level"]["agreement"], "ci95": r["image_level"]["ci95"]} for n, r in results.items()}
+        "image": best_metric(  # only metrics scored on the same pairs compete
+            {
+                n: {"value": r["image_level"]["agreement"], "ci95": r["image_level"]["ci95"]}
+                for n, r in results.items()
+                if n not in restricted
+            }
         ),
     }
     record = {
