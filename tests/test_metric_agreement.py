@@ -247,7 +247,7 @@ def test_victim_metrics_through_each_entrys_victim(tmp_path: Path) -> None:
     assert fm["image_level"]["pairs"] < record["metrics"]["feature_mse"]["image_level"]["pairs"]
     assert mixed_record["metrics"]["mse"]["image_level"]["pairs"] == record["metrics"]["mse"]["image_level"]["pairs"]
     assert mixed_record["best"]["image"]["metric"] != "feature_mse"
-    assert "feature_mse is in each victim's own feature units" in (tmp_path / "mixed" / "agreement.md").read_text()
+    assert "feature_mse: in each victim's own feature units" in (tmp_path / "mixed" / "agreement.md").read_text()
     # a victim file that changed since the attack is refused, naming the entry
     ckpt.write_bytes(ckpt.read_bytes() + b"\0")
     changed = _config(tmp_path, entries, metrics=["feature_mse"], out=str(tmp_path / "b"))

@@ -41,7 +41,7 @@ IMAGE_METRICS = ("mse", "psnr", "ssim", "stlpips", "lpips")
 VICTIM_METRICS = ("feature_mse", "agreement")  # through each entry's own victim (its inversion manifest)
 VICTIM_UNITS = ("feature_mse",)  # in the victim's own feature units: not comparable between victims
 _UNITS_REASON = (
-    "{name} is in each victim's own feature units, and the entries attack different victims: no correlation "
+    "in each victim's own feature units, and the entries attack different victims: no correlation "
     "across them; pairwise agreement only between reconstructions attacked through the same victim"
 )
 REC = re.compile(r"^(?P<id>.+)_(?P<label>-?\d+)_rec\.png$")
