@@ -114,3 +114,14 @@ def test_online_wandb_without_a_key_stops_a_fit_before_any_work(
     assert message.startswith("synthpriv: error: synthpriv fit (trainer.logger WandbLogger): WANDB_MODE=online")
     assert "no W&B API key" in message and "\n" not in message
     assert not (tmp_path / "runs").exists()
+
+
+def test_callbacks_preset_without_a_logger_drops_the_lr_monitor(tmp_path: Path, capsys) -> None:
+    """configs/callbacks/default.yaml with --trainer.logger false: Lightning would refuse LearningRateMonitor."""
+    data = tiny_dataset(tmp_path / "data")
+    config = str(tiny_config(tmp_path / "c.yaml", data))
+    run = ["--run.root", str(tmp_path / "runs"), "--run.study", "s", "--run.name", "quiet", "--trainer.logger", "false"]
+    run += ["--trainer.enable_progress_bar", "true"]  # the preset brings its own progress bar
+    main(["fit", "--config", config, "--config", str(ROOT / "configs/callbacks/default.yaml"), *run])
+    assert "LearningRateMonitor left out" in capsys.readouterr().err
+    assert (tmp_path / "runs" / "s" / "quiet" / "fit_summary.json").is_file()

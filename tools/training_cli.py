@@ -6,6 +6,7 @@ and every model: ``cli.main`` imports this module only for the training commands
 
 from __future__ import annotations
 
+import sys
 from argparse import SUPPRESS, ArgumentError
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,19 @@ class SynthPrivCLI(LightningCLI):
         enabled = config.get("enable_checkpointing") is not False and not config.get("fast_dev_run")
         if self.run_dir is not None:
             config["callbacks"] = ensure_checkpointing(config.get("callbacks"), self.run_dir, enabled)
+        if config.get("logger") is False:  # the callbacks preset's LearningRateMonitor would refuse to start
+            config["callbacks"] = _without_lr_monitor(config.get("callbacks"))
         return super()._instantiate_trainer(config, extra_callbacks)
+
+
+def _without_lr_monitor(given: Any) -> Any:
+    """The callbacks minus LearningRateMonitor, which Lightning refuses without a logger (trainer.logger: false)."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    if not isinstance(given, list) or not any(isinstance(c, LearningRateMonitor) for c in given):
+        return given
+    print("trainer.logger is false: LearningRateMonitor left out (it needs a logger)", file=sys.stderr)
+    return [c for c in given if not isinstance(c, LearningRateMonitor)]
 
 
 def _check_max_epochs(max_epochs: int | None) -> None:
