@@ -45,6 +45,19 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from privacy.checks import check_shape, class_labels, finite_floats
+from privacy.inversion_steps import adam_steps, gradient_cost, lbfgs_steps, start_noise, total_variation
+
+__all__ = [
+    "PRESETS",
+    "InversionConfig",
+    "InversionResult",
+    "gradient_cost",
+    "invert",
+    "observed_gradients",
+    "recover_labels",
+    "start_noise",
+    "total_variation",
+]
 
 
 @dataclass(frozen=True)
@@ -260,36 +273,6 @@ def recover_labels(target_grads: Sequence[torch.Tensor] | Mapping[str, torch.Ten
     return weight_grad.sum(dim=-1).argmin(dim=-1)
 
 
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Anisotropic TV of (..., H, W) images: ``mean|x[..., :, 1:] - x[..., :, :-1]| + mean|dy|`` (Geiping §4)."""
-    return (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-
-
-def gradient_cost(candidate: Sequence[torch.Tensor], target: Sequence[torch.Tensor], cost: str) -> torch.Tensor:
-    """Distance between one example's candidate and observed gradients (lists over all parameters).
-
-    ``"sim"``: ``1 - <g, g*> / (||g|| ||g*||)`` over all layers concatenated (Geiping et al. 2020, §4 eq. 4);
-    ``"l2"``: ``sum_l ||g_l - g*_l||^2`` (Zhu et al. 2019, §3 eq. 4).
-    """
-    if cost == "l2":
-        return sum(((g - t) ** 2).sum() for g, t in zip(candidate, target))
-    dot = sum((g * t).sum() for g, t in zip(candidate, target))
-    norm_g = sum((g * g).sum() for g in candidate).sqrt()
-    norm_t = sum((t * t).sum() for t in target).sqrt()
-    return 1 - dot / (norm_g * norm_t).clamp_min(1e-30)
-
-
-def start_noise(seed: int, target_id: int, restart: int, shape: Sequence[int]) -> torch.Tensor:
-    """(C, H, W) standard-normal start of one target (``init="randn"``), on the CPU.
-
-    Drawn from its own ``torch.Generator`` seeded by ``(seed, target_id, restart)`` through numpy's SeedSequence,
-    so it does not depend on which other targets share the batch.
-    """
-    state = np.random.SeedSequence([int(seed), int(target_id), int(restart)]).generate_state(2, dtype=np.uint64)
-    generator = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-    return torch.randn(tuple(shape), generator=generator)
-
-
 def invert(
     model: nn.Module,
     target_grads: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
@@ -372,12 +355,16 @@ def invert(
     step = 0
     for restart in range(config.restarts):
         if config.optimizer == "adam":
-            x, step = _adam(batched, start(restart, list(range(count))), grads, y, config, lower, upper, step, on_step)
+            x, step = adam_steps(
+                batched, start(restart, list(range(count))), grads, y, config, lower, upper, step, on_step
+            )
         else:
             rows = []
             for i in range(count):
                 one = [g[i : i + 1] for g in grads]
-                xi, _ = _lbfgs(batched, start(restart, [i]), one, y[i : i + 1], config, lower, upper, step, on_step)
+                xi, _ = lbfgs_steps(
+                    batched, start(restart, [i]), one, y[i : i + 1], config, lower, upper, step, on_step
+                )
                 rows.append(xi)
             step += config.iterations
             x = torch.cat(rows)
@@ -386,53 +373,3 @@ def invert(
         better = (final < best_loss) | (restart == 0)  # the first restart fills in; then a lower loss wins
         best_x[better], best_loss[better] = x[better], final[better]
     return InversionResult(best_x, best_loss, y)
-
-
-def _lr_at(config: InversionConfig, iteration: int) -> float:
-    if not config.lr_decay:
-        return config.lr
-    milestones = [int(config.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-    return config.lr * 0.1 ** sum(iteration >= m for m in milestones)
-
-
-def _adam(batched, x0, grads, y, config, lower, upper, step, on_step):
-    """Adam (optionally on the gradient's sign) on the stacked x_hat; element-wise, so targets stay independent."""
-    x = x0.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=config.lr)
-    for it in range(config.iterations):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(config, it)
-        g, loss = batched(x.detach(), grads, y)
-        x.grad = g.sign() if config.signed else g
-        optimizer.step()
-        if config.boxed:
-            with torch.no_grad():
-                x.copy_(torch.maximum(torch.minimum(x, upper), lower))
-        if on_step is not None:
-            on_step(step + it, loss.detach())
-    return x.detach(), step + config.iterations
-
-
-def _lbfgs(batched, x0, grads, y, config, lower, upper, step, on_step):
-    """L-BFGS on ONE target (DLG); its line search couples all entries, so targets go one at a time."""
-    x = x0.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([x], lr=config.lr, max_iter=config.lbfgs_max_iter)
-    first: list[torch.Tensor] = []  # the loss at the start of each step (what Adam's on_step reports too)
-
-    def closure() -> torch.Tensor:
-        g, loss = batched(x.detach(), grads, y)
-        x.grad = g.sign() if config.signed else g
-        first.append(loss.detach())
-        return loss.sum()
-
-    for it in range(config.iterations):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(config, it)
-        first.clear()
-        optimizer.step(closure)
-        if config.boxed:
-            with torch.no_grad():
-                x.copy_(torch.maximum(torch.minimum(x, upper), lower))
-        if on_step is not None:
-            on_step(step + it, first[0])
-    return x.detach(), step + config.iterations
