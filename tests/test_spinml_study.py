@@ -50,7 +50,7 @@ def test_leakage_mi_sim_and_nearest(leakage: Path) -> None:
         assert levels["L2_L0"]["mi"][part]["mean"] > levels["L1_L0"]["mi"][part]["mean"] > 0.0
         low, high = levels["L2_L0"]["mi"][part]["ci95"]
         assert low <= levels["L2_L0"]["mi"][part]["mean"] <= high
-    for lv, r in levels.items():
+    for r in levels.values():
         assert r["images"] == 12 and set(r["sim"]) == {"image", "foreground", "background"}
         low, high = r["sim"]["image"]["ci95"]
         assert -1.0 <= low <= r["sim"]["image"]["sim"] <= high <= 1.0
@@ -116,6 +116,10 @@ def test_report_rows_intervals_and_resume(husky: Path, leakage: Path, tmp_path: 
     assert rows["mix"]["mix"] == {"L0_L0": 6, "L2_L0": 6}
     half = (leak["L0_L0"]["sim"]["image"]["sim"] + leak["L2_L0"]["sim"]["image"]["sim"]) / 2
     assert rows["mix"]["sim"]["value"] == pytest.approx(half)
+    half_fg = (leak["L0_L0"]["sim"]["foreground"]["sim"] + leak["L2_L0"]["sim"]["foreground"]["sim"]) / 2
+    assert rows["mix"]["sim_fg"]["value"] == pytest.approx(half_fg)
+    ends = [(leak["L0_L0"]["sim"]["image"]["ci95"][k] + leak["L2_L0"]["sim"]["image"]["ci95"][k]) / 2 for k in (0, 1)]
+    assert rows["mix"]["sim"]["ci95"] == pytest.approx(ends)
     share = (leak["L0_L0"]["nearest_real"]["share"] + leak["L2_L0"]["nearest_real"]["share"]) / 2
     assert rows["mix"]["near_real"]["value"] == pytest.approx(share)
     md = (out / "report.md").read_text()
@@ -132,7 +136,7 @@ def test_report_refusals(husky: Path, leakage: Path, tmp_path: Path, monkeypatch
     with pytest.raises(ValueError, match="no count out of the 12"):
         spinml_report(str(tmp_path / "r"), str(leakage), [SpinMLRun("bad", str(bad))])
     other = _run(tmp_path / "other", tmp_path, 1.0, None, 6)
-    with pytest.raises(ValueError, match="leakage.json scores"):
+    with pytest.raises(ValueError, match=r"leakage\.json scores"):
         spinml_report(str(tmp_path / "r"), str(leakage), [SpinMLRun("other", str(other))])
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

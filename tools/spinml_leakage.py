@@ -129,7 +129,9 @@ def _already_done(done: Path, settings: dict[str, Any]) -> bool:
     if record.get("format") == FORMAT and record.get("settings") == settings:
         print(f"{done} already holds these results; nothing to do")
         return True
-    raise FileExistsError(f"{done.parent} holds spinml-leakage results of other inputs or settings; choose another --out")
+    raise FileExistsError(
+        f"{done.parent} holds spinml-leakage results of other inputs or settings; choose another --out"
+    )
 
 
 def spinml_leakage(
@@ -223,8 +225,10 @@ def spinml_leakage(
                 "ci95": near["share_ci95"],
                 "threshold": near["threshold"],
                 "mean_cosine": float(near["cosine"].mean()),
-                "closest": [{"synthetic": names[s], "real": real_names[r], "cosine": c} for s, r, c in
-                            closest_pairs(near, pairs_shown)],
+                "closest": [
+                    {"synthetic": names[s], "real": real_names[r], "cosine": c}
+                    for s, r, c in closest_pairs(near, pairs_shown)
+                ],
                 "png": png.name,
             },
         }
@@ -256,13 +260,16 @@ def markdown(record: dict[str, Any]) -> str:
     ]
     for lv, r in record["levels"].items():
         mi = [fmt_ci(r["mi"][p]["mean"], r["mi"][p]["ci95"], 4) for p in PARTS]
-        sim = [fmt_ci(r["sim"][k]["sim"], r["sim"][k]["ci95"], 4) if k in r["sim"] else "–" for k in
-               ("image", *PARTS)]
+        sim = [fmt_ci(r["sim"][k]["sim"], r["sim"][k]["ci95"], 4) if k in r["sim"] else "–" for k in ("image", *PARTS)]
         near = r["nearest_real"]
         lines.append(
             f"| {lv} | {r['images']} | {' | '.join(mi)} | {' | '.join(sim)} | "
             f"{fmt_ci(near['share'], near['ci95'], 3)} (> {near['threshold']}) | {near['mean_cosine']:.4f} |"
         )
-    lines += ["", record["method"], "", "Closest pairs per level: " + ", ".join(
-        r["nearest_real"]["png"] for r in record["levels"].values())]
+    lines += [
+        "",
+        record["method"],
+        "",
+        "Closest pairs per level: " + ", ".join(r["nearest_real"]["png"] for r in record["levels"].values()),
+    ]
     return "\n".join(lines) + "\n"

@@ -34,6 +34,13 @@ from tools.report_inputs import ConfigPath, fmt_ci, md_escape, resolve_input
 from tools.wandb_check import require_wandb_credentials, wandb_mode
 
 FORMAT = 1
+METHOD = (
+    "Accuracy on real: test/acc of the run's best-val checkpoint on every real/raw image, Wilson 95 % interval from "
+    "the count. MI: the row of the most revealing level the mix draws from (L0 = 0 by construction). SIM (composites "
+    "vs real images; 'SIM fg': generated vs real foreground segments, the original's per-object SIM) and the near-real "
+    "share: count-weighted means of the mix's levels (exact for an all-pairs mean); intervals: count-weighted ends "
+    "of the levels' intervals (approximate). Counts: int(alpha x n_first) and int((1 - alpha) x n_second)."
+)
 
 
 @dataclass
@@ -104,7 +111,9 @@ def _row(entry: SpinMLRun, leakage: dict[str, Any]) -> tuple[dict[str, Any], lis
     if unknown:
         raise ValueError(f"spinml-report: {entry.label} trains on {unknown}, which leakage.json does not score")
     if leakage["settings"]["root"] != str(root.resolve()):
-        raise ValueError(f"spinml-report: {entry.label} trains on {root}, leakage.json scores {leakage['settings']['root']}")
+        raise ValueError(
+            f"spinml-report: {entry.label} trains on {root}, leakage.json scores {leakage['settings']['root']}"
+        )
     from datamodules.spinml_layout import image_files
 
     n_test = len(image_files(root / "real" / "raw"))
@@ -120,6 +129,11 @@ def _row(entry: SpinMLRun, leakage: dict[str, Any]) -> tuple[dict[str, Any], lis
         "mi_level": worst,
         "mi": {p: levels[worst]["mi"][p] for p in ("foreground", "background")},
         "sim": _weighted(levels, counts, lambda r: (r["sim"]["image"]["sim"], r["sim"]["image"]["ci95"])),
+        "sim_fg": _weighted(
+            levels,
+            counts,
+            lambda r: (r["sim"].get("foreground", {}).get("sim"), r["sim"].get("foreground", {}).get("ci95")),
+        ),
         "near_real": _weighted(levels, counts, lambda r: (r["nearest_real"]["share"], r["nearest_real"]["ci95"])),
     }
     return row, [config_path, run_dir / "test" / "metrics.json"]
@@ -182,7 +196,7 @@ def spinml_report(
         "title": title,
         "settings": settings,
         "leakage": {"file": str(leak_file), "embedder": record_in["embedder"], "method": record_in["method"]},
-        "method": __doc__.split("\n\n", 2)[2].split("Written to")[0].strip(),
+        "method": METHOD,
         "rows": rows,
     }
     scatter(out_dir / "privacy_utility.png", rows, title)
@@ -199,8 +213,8 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [
         f"# {md_escape(record['title'])}",
         "",
-        "| run | mix (images) | accuracy on real | MI fg | MI bg | SIM | near-real share |",
-        "|---|---|---|---|---|---|---|",
+        "| run | mix (images) | accuracy on real | MI fg | MI bg | SIM | SIM fg | near-real share |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
         mix = ", ".join(f"{lv} ({c})" for lv, c in r["mix"].items())
@@ -209,14 +223,16 @@ def markdown(record: dict[str, Any]) -> str:
         lines.append(
             f"| {md_escape(r['label'])} | {mix} | {fmt_ci(100 * acc['acc'], [100 * v for v in acc['ci95']], 1)} % "
             f"({acc['correct']}/{acc['n']}) | {mi[0]} ({r['mi_level']}) | {mi[1]} | "
-            f"{fmt_ci(r['sim']['value'], r['sim']['ci95'], 4)} | {fmt_ci(r['near_real']['value'], r['near_real']['ci95'], 3)} |"
+            f"{fmt_ci(r['sim']['value'], r['sim']['ci95'], 4)} | "
+            f"{fmt_ci(r['sim_fg']['value'], r['sim_fg']['ci95'], 4)} | "
+            f"{fmt_ci(r['near_real']['value'], r['near_real']['ci95'], 3)} |"
         )
     lines += ["", record["method"], "", "Leakage: " + record["leakage"]["method"]]
     return "\n".join(lines) + "\n"
 
 
 def scatter(path: Path, rows: list[dict[str, Any]], title: str) -> None:
-    """Accuracy on real (y) against MI (foreground) and against SIM (x), with 95 % intervals."""
+    """Accuracy on real (y) against MI (foreground) and against SIM (x; SIM fg where every run has it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,11 +240,13 @@ def scatter(path: Path, rows: list[dict[str, Any]], title: str) -> None:
 
     from tools.files import atomic_path
 
+    sim = "sim_fg" if all(r["sim_fg"]["value"] is not None for r in rows) else "sim"
+    sim_name = "SIM of foreground segments (cosine)" if sim == "sim_fg" else "SIM of composites (cosine)"
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    for ax, key, name in ((axes[0], "mi", "MI (foreground guide, normalised)"), (axes[1], "sim", "SIM (cosine)")):
+    for ax, key, name in ((axes[0], "mi", "MI (foreground guide, normalised)"), (axes[1], sim, sim_name)):
         for r in rows:
-            x = r["mi"]["foreground"]["mean"] if key == "mi" else r["sim"]["value"]
-            xci = r["mi"]["foreground"]["ci95"] if key == "mi" else r["sim"]["ci95"]
+            x = r["mi"]["foreground"]["mean"] if key == "mi" else r[key]["value"]
+            xci = r["mi"]["foreground"]["ci95"] if key == "mi" else r[key]["ci95"]
             if x is None:
                 continue
             acc, ci = 100 * r["accuracy"]["acc"], [100 * v for v in r["accuracy"]["ci95"]]
@@ -248,14 +266,26 @@ def log_wandb(project: str, out_dir: Path, title: str, rows: list[dict[str, Any]
     import wandb
 
     run = wandb.init(project=project, name=title, dir=str(out_dir), job_type="spinml-report", mode=wandb_mode())
-    columns = ["run", "alpha", "mix", "accuracy", "acc_low", "acc_high", "mi_fg", "mi_bg", "sim", "near_real"]
+    columns = ["run", "alpha", "mix", "accuracy", "acc_low", "acc_high", "mi_fg", "mi_bg", "sim", "sim_fg", "near_real"]
     data = [
         [
-            r["label"], r["alpha"], json.dumps(r["mix"]), r["accuracy"]["acc"], *r["accuracy"]["ci95"],
-            r["mi"]["foreground"]["mean"], r["mi"]["background"]["mean"], r["sim"]["value"], r["near_real"]["value"],
+            r["label"],
+            r["alpha"],
+            json.dumps(r["mix"]),
+            r["accuracy"]["acc"],
+            *r["accuracy"]["ci95"],
+            r["mi"]["foreground"]["mean"],
+            r["mi"]["background"]["mean"],
+            r["sim"]["value"],
+            r["sim_fg"]["value"],
+            r["near_real"]["value"],
         ]
         for r in rows
     ]
-    run.log({"spinml/report": wandb.Table(columns=columns, data=data),
-             "spinml/privacy_utility": wandb.Image(str(out_dir / "privacy_utility.png"))})
+    run.log(
+        {
+            "spinml/report": wandb.Table(columns=columns, data=data),
+            "spinml/privacy_utility": wandb.Image(str(out_dir / "privacy_utility.png")),
+        }
+    )
     run.finish()
