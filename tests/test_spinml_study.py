@@ -130,6 +130,26 @@ def test_report_rows_intervals_and_resume(husky: Path, leakage: Path, tmp_path: 
         spinml_report(str(tmp_path / "report"), str(leakage), entries[:2])
 
 
+def test_report_logs_to_wandb(husky: Path, leakage: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    import wandb
+
+    logged: dict[str, Any] = {}
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    real_init = wandb.init
+
+    def init(**kwargs: Any) -> Any:
+        run = real_init(**kwargs)
+        monkeypatch.setattr(run, "log", lambda data, *a, **k: logged.update(data))
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+    run = _run(tmp_path / "l0", husky, 1.0, None, 6)
+    spinml_report(str(tmp_path / "r"), str(leakage), [SpinMLRun("L0", str(run))], wandb_project="p")
+    table = logged["spinml/report"]
+    assert table.columns[:4] == ["run", "alpha", "mix", "accuracy"] and table.data[0][3] == 0.5
+    assert "spinml/privacy_utility" in logged
+
+
 def test_report_refusals(husky: Path, leakage: Path, tmp_path: Path, monkeypatch: Any) -> None:
     bad = _run(tmp_path / "bad", husky, 1.0, None, 6)
     (bad / "test" / "metrics.json").write_text(json.dumps({"metrics": {"test/acc": 0.4242}}))

@@ -183,7 +183,7 @@ def spinml_leakage(
     parsed = {lv: parse_level(lv, "spinml-leakage --levels") for lv in levels}
     inputs = [f for d in [root_dir / "real", *(synthetic / lv for lv in levels)] for f in d.rglob("*") if f.is_file()]
     settings = {
-        "root": str(root_dir.resolve()),
+        "root": str(root_dir),  # as given: the content digest below decides, so a moved clone is not refused
         "inputs_sha256": _digest(inputs, root_dir),
         "levels": levels,
         "embedder": embedder,

@@ -110,7 +110,7 @@ def _row(entry: SpinMLRun, leakage: dict[str, Any]) -> tuple[dict[str, Any], lis
     unknown = [lv for lv, _ in mix if lv not in levels]
     if unknown:
         raise ValueError(f"spinml-report: {entry.label} trains on {unknown}, which leakage.json does not score")
-    if leakage["settings"]["root"] != str(root.resolve()):
+    if Path(leakage["settings"]["root"]).resolve() != root.resolve():
         raise ValueError(
             f"spinml-report: {entry.label} trains on {root}, leakage.json scores {leakage['settings']['root']}"
         )
