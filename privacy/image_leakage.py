@@ -275,7 +275,10 @@ def wilson_interval(successes: int, total: int, z: float = 1.959963984540054) ->
     p = successes / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # the exact ends at 0 / total (rounding leaves ~1e-17 there otherwise)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return [low, high]
 
 
 def nearest_real(synthetic: Any, real: Any, threshold: float = 0.95) -> dict[str, Any]:

@@ -155,7 +155,8 @@ def test_nearest_real_equals_brute_force_and_flags_a_near_copy() -> None:
     assert out["share"] == pytest.approx(1 / 12)
     assert out["share_ci95"] == pytest.approx(wilson_interval(1, 12))
     # Wilson 95 % interval, textbook values: 0 of 10 -> [0, 0.2775]; 5 of 10 -> [0.2366, 0.7634].
-    assert wilson_interval(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4) and wilson_interval(0, 10)[0] == 0.0
+    assert wilson_interval(7, 7)[1] == 1.0  # the exact ends, not 1 - 1e-17
     assert wilson_interval(5, 10) == pytest.approx([0.2366, 0.7634], abs=1e-4)
 
 
