@@ -45,7 +45,8 @@ class SegmentLevelWriter(BasePredictionWriter):
 
     Args:
         output_dir: the synthetic folder; default ``<run folder>/synthetic``.
-        mask_source: how L0 foregrounds get their mask: 'grabcut' (OpenCV) or 'box-gmm' (numpy/scikit-learn).
+        mask_source: how L0 foregrounds get their mask: 'grabcut' (OpenCV), 'box-gmm' (numpy/scikit-learn) or
+            'otsu' (bright object on a plain dark background, as the CPU generator's animal-mnist-like images).
         box_margin: share of each side outside the initial object box of the mask source.
         mask_iterations: iterations of the mask source.
     """
@@ -53,7 +54,7 @@ class SegmentLevelWriter(BasePredictionWriter):
     def __init__(
         self,
         output_dir: str | None = None,
-        mask_source: Literal["grabcut", "box-gmm"] = "grabcut",
+        mask_source: Literal["grabcut", "box-gmm", "otsu"] = "grabcut",
         box_margin: float = 0.1,
         mask_iterations: int = 5,
     ) -> None:
@@ -110,9 +111,11 @@ class SegmentLevelWriter(BasePredictionWriter):
 
     def l0_mask(self, rgb: np.ndarray) -> np.ndarray:
         """0/255 uint8 mask of a generated L0 foreground from the configured mask source."""
-        from tools.segment import box_gmm_mask, grabcut_mask
+        from tools.segment import box_gmm_mask, grabcut_mask, otsu_mask
 
-        if self.mask_source == "grabcut":
+        if self.mask_source == "otsu":
+            mask = otsu_mask(rgb)
+        elif self.mask_source == "grabcut":
             mask = grabcut_mask(rgb, self.box_margin, self.mask_iterations)
         else:
             mask = box_gmm_mask(rgb, self.box_margin, self.mask_iterations)

@@ -123,6 +123,20 @@ def test_grabcut_when_opencv_is_installed(tmp_path: Path) -> None:
     assert (mask & disk).sum() / (mask | disk).sum() > 0.8
 
 
+def test_otsu_finds_a_bright_silhouette_with_a_hole_and_a_speck() -> None:
+    from tools.segment import otsu_mask
+
+    yy, xx = np.mgrid[0:28, 0:28]
+    body = ((yy - 14) ** 2 + (xx - 12) ** 2 < 64) & ~((yy - 14) ** 2 + (xx - 12) ** 2 < 4)  # a ring: hole inside
+    image = np.zeros((28, 28, 3), np.uint8)
+    image[body] = 230
+    image[2, 25] = 255  # a bright speck away from the object
+    mask = otsu_mask(image)
+    filled = (yy - 14) ** 2 + (xx - 12) ** 2 < 64
+    assert (mask == filled).all()  # hole filled, speck dropped
+    assert not otsu_mask(np.full((8, 8, 3), 7, np.uint8)).any()  # constant: empty, no error
+
+
 def test_grabcut_without_opencv_says_what_to_install(
     husky: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,6 +23,8 @@ from one ``source``:
   mixtures (one fitted to the background colours, one to the current object colours) explains its colour better;
   this repeats ``iterations`` times, then the mask is opened, holes are filled and only the largest connected
   region is kept. It assumes one object, roughly centred, whose colours differ from the border's.
+* ``otsu``: weight-free, for a bright object on a plain dark background (animal-mnist-like images): grey pixels
+  above Otsu's threshold, holes filled, the largest region kept; needs OpenCV.
 
 Every file is written atomically; a rerun with the same options skips images whose outputs exist and are valid
 (mask readable and of the image's size), so an interrupted run resumes; other options into the same ``out`` are
@@ -41,7 +43,7 @@ from PIL import Image
 
 from tools.files import atomic_path, file_sha256, write_json_atomic
 
-Source = Literal["masks", "model", "grabcut", "box-gmm"]
+Source = Literal["masks", "model", "grabcut", "box-gmm", "otsu"]
 Architecture = Literal["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"]
 MANIFEST = "segment_manifest.json"
 PARTS = ("foreground", "background", "mask")
@@ -117,8 +119,8 @@ def _opencv():
         import cv2
     except ImportError:
         raise ModuleNotFoundError(
-            "segment: --source grabcut needs OpenCV: `pip install opencv-python-headless`; or use --source box-gmm "
-            "(weight-free, no OpenCV)"
+            "segment: --source grabcut / otsu needs OpenCV: `pip install opencv-python-headless`; or use "
+            "--source box-gmm (weight-free, no OpenCV)"
         ) from None
     return cv2
 
@@ -131,6 +133,25 @@ def grabcut_mask(rgb: np.ndarray, margin: float = 0.1, iterations: int = 5) -> n
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.grabCut(rgb[..., ::-1].copy(), mask, (x0, y0, x1 - x0, y1 - y0), bgd, fgd, iterations, cv2.GC_INIT_WITH_RECT)
     return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+
+
+def otsu_mask(rgb: np.ndarray) -> np.ndarray:
+    """Object mask (H, W) bool of a bright object on a plain dark background (e.g. animal-mnist silhouettes and the
+    CPU generator's images, where GrabCut's box start often finds nothing at 28 px): grey pixels above Otsu's
+    threshold (Otsu 1979), holes filled, the largest connected region kept. A constant image gives an empty mask."""
+    from scipy import ndimage
+
+    cv2 = _opencv()
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
+    if int(grey.max()) == int(grey.min()):
+        return np.zeros(grey.shape, bool)
+    _, binary = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    obj = ndimage.binary_fill_holes(binary > 0)
+    regions, count = ndimage.label(obj)
+    if count > 1:
+        sizes = ndimage.sum(obj, regions, range(1, count + 1))
+        obj = regions == (int(np.argmax(sizes)) + 1)
+    return obj
 
 
 class ModelMasker:
@@ -222,7 +243,8 @@ def segment(
         images: folder of real images (any name; each segment file is named after the image's stem).
         out: output folder, usable as a SpinML ``real/`` folder.
         source: where masks come from: masks (your files), model (a local torchvision state dict), grabcut
-            (OpenCV, centred box) or box-gmm (pure colour-mixture fallback, centred box).
+            (OpenCV, centred box), box-gmm (pure colour-mixture fallback, centred box) or otsu (bright object on a
+            plain dark background).
         masks: folder of your masks for source=masks (same stems as the images, same sizes).
         mask_threshold: grey level above which a user-mask pixel is object (0..254).
         model: state-dict file for source=model.
@@ -279,7 +301,7 @@ def segment(
     elif split.exists() and any(split.rglob("*.png")):
         raise FileExistsError(f"segment: {split} holds files but {out_dir} has no {MANIFEST}; choose another --out")
     masker = None
-    if source == "grabcut":
+    if source in ("grabcut", "otsu"):
         _opencv()  # before anything is written
     if source == "model":
         masker = ModelMasker(Path(model), architecture, num_classes, foreground_classes, device)
@@ -310,6 +332,8 @@ def segment(
             obj = masker(rgb)
         elif source == "grabcut":
             obj = grabcut_mask(rgb, box_margin, iterations)
+        elif source == "otsu":
+            obj = otsu_mask(rgb)
         else:
             obj = box_gmm_mask(rgb, box_margin, iterations, seed)
         if not obj.any():
