@@ -213,10 +213,11 @@ def test_study_step_parses(name: str) -> None:
         assert model["backbone"] == "mobilenet_v2" and model["weights"] == "imagenet"
         assert model["optimizer"] == "adamw" and model["weight_decay"] == 0.0 and model["lr"] == 0.001
         assert data["root"] == "runs/spinml_cpu/husky" and data["first_level"] == "L0_L0"
-        assert printed["trainer"]["max_epochs"] == 5
+        # SpinML's recipe with batch 16 x 10 epochs for ~108 images (128 x 5 would be 5 optimiser steps in all)
+        assert printed["trainer"]["max_epochs"] == 10 and data["batch_size"] == 16
     if step.name == "generate":
         writer = printed["trainer"]["callbacks"][0]["init_args"]
-        assert writer["output_dir"] == "runs/spinml_cpu/husky/synthetic"
+        assert writer["output_dir"] == "runs/spinml_cpu/husky/synthetic" and writer["mask_source"] == "otsu"
         assert printed["model"]["init_args"]["controlnet_path"] == "runs/spinml_cpu/controlnet/adapter"
     if step.command == "spinml-report":
         assert len(printed["entries"]) == len([s for s in steps if s.command == "test"])
