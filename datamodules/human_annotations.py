@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.folders import IMAGE_EXTENSIONS, load_rgb
 from datamodules.hparams import save_own_hyperparameters
+from datamodules.split_loaders import SplitLoaders
 from datamodules.transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class PairDataset(Dataset):
         }
 
 
-class HumanAnnotationDataModule(LightningDataModule):
+class HumanAnnotationDataModule(SplitLoaders, LightningDataModule):
     """SemSim's human judgements as triplets (train) and labelled pairs (val / test / predict)."""
 
     def __init__(
@@ -288,29 +289,6 @@ class HumanAnnotationDataModule(LightningDataModule):
                 )
             else:
                 self._datasets[split] = PairDataset(self.pair_records(split), self._transform(False))
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            self._datasets[split],
-            batch_size=hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size),
-            shuffle=shuffle,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled triplet batches."""
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        """Validation pairs (none when val_fraction is 0)."""
-        return self._loader("val", shuffle=False) if "val" in self._datasets else []
-
-    def test_dataloader(self) -> DataLoader:
-        """Test pairs."""
-        return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         """Pairs of ``predict_split`` in ``pair_records`` order."""

@@ -26,6 +26,7 @@ from datamodules.folders import (
 )
 from datamodules.hparams import save_own_hyperparameters
 from datamodules.pool import MembershipPool
+from datamodules.split_loaders import SplitLoaders
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformPreset, build_transform
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class ImageFileDataset(Dataset):
         return {"image": self.transform(load_rgb(sample.path)), "label": sample.label, "index": index}
 
 
-class ImageFolderDataModule(LightningDataModule):
+class ImageFolderDataModule(SplitLoaders, LightningDataModule):
     """Real and/or synthetic image folders sharing one class list."""
 
     def __init__(
@@ -276,30 +277,6 @@ class ImageFolderDataModule(LightningDataModule):
                 raise ValueError(f"data: the {split} split is empty; {_how_to_fill(split)} (layout {LAYOUT})")
             samples = self._checked(split)
             self._datasets[split] = ImageFileDataset(samples, self._transforms[split == "train"])
-
-    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        batch = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
-        return DataLoader(
-            self._datasets[split],
-            batch_size=batch,
-            shuffle=shuffle,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches."""
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        """Validation batches (none when there is no validation split)."""
-        return self._loader("val", shuffle=False) if "val" in self._datasets else []
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches."""
-        return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader | list[DataLoader]:
         """Batches of ``predict_split`` in index order; for 'all', one loader per entry of ``predict_splits``."""

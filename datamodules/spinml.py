@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -34,6 +33,7 @@ from datamodules.spinml_layout import (
     label_of,
     parse_level,
 )
+from datamodules.split_loaders import SplitLoaders
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformPreset, build_transform
 
 Split = Literal["train", "val", "test"]
@@ -69,7 +69,7 @@ class SpinMLDataset(Dataset):
         return {"image": self.transform(item.load()), "label": item.label, "index": index}
 
 
-class SpinMLDataModule(LightningDataModule):
+class SpinMLDataModule(SplitLoaders, LightningDataModule):
     """SpinML's husky layout: synthetic levels ``L<fg>_L<bg>`` for training, ``real/raw`` for testing."""
 
     def __init__(
@@ -288,30 +288,6 @@ class SpinMLDataModule(LightningDataModule):
                     continue
                 raise ValueError(f"data: the {split} split is empty (val_fraction={self.hparams.val_fraction})")
             self._datasets[split] = SpinMLDataset(self._items[split], self._transforms[split == "train"])
-
-    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        batch = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
-        return DataLoader(
-            self._datasets[split],
-            batch_size=batch,
-            shuffle=shuffle,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches of the mix."""
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        """Validation batches (none when val_fraction is 0)."""
-        return self._loader("val", shuffle=False) if "val" in self._datasets else []
-
-    def test_dataloader(self) -> DataLoader:
-        """Batches of all of real/raw."""
-        return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         """Batches of ``predict_split`` in index order."""
