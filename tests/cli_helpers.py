@@ -119,3 +119,36 @@ def one_line_error(monkeypatch: Any, argv: list[str]) -> str:
         raise AssertionError(f"synthpriv {' '.join(argv)} did not exit with an error")
     assert message.startswith("synthpriv: error: ") and "\n" not in message and "Traceback" not in message
     return message
+
+
+def printed_config(argv: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``synthpriv <argv> --print_config`` run in this process from the repository root, as a dict (parse only:
+    nothing is instantiated); a non-zero exit fails the test, naming the command."""
+    import contextlib
+    import io
+
+    import pytest
+
+    from cli import main
+
+    out, old = io.StringIO(), Path.cwd()
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--print_config"])
+    finally:
+        os.chdir(old)
+    assert exit_info.value.code in (0, None), f"synthpriv {' '.join(argv)}: exit {exit_info.value.code}"
+    return yaml.safe_load(out.getvalue())
+
+
+def study_steps(path: str) -> tuple[str, list[Any]]:
+    """(study name, steps) of the study file ``path`` (relative to the repository root), as the runner reads it."""
+    from tools.study import load_study
+
+    old = Path.cwd()
+    os.chdir(ROOT)
+    try:
+        return load_study(Path(path))
+    finally:
+        os.chdir(old)

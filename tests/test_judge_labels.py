@@ -4,10 +4,7 @@ the one-line refusals, and that every config of configs/semsim/cpu_study.yaml pa
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import one_line_error, tiny_config, tiny_dataset
+from cli_helpers import one_line_error, printed_config, study_steps, tiny_config, tiny_dataset
 from PIL import Image
 
 from cli import main
 from tools.commands import TOOLS
 from tools.judge_labels import judge_labels, split_originals
-from tools.study import TRAINING_COMMANDS, load_study
+from tools.study import TRAINING_COMMANDS
 from tools.study_plan import step_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,42 +188,21 @@ def test_command_line_error_is_one_line(judge: tuple[Path, Path], tmp_path: Path
 # the study's configs parse ------------------------------------------------------------------------------------
 
 
-def _steps() -> tuple[str, list[Any]]:
-    old = Path.cwd()
-    os.chdir(ROOT)
-    try:
-        return load_study(Path(STUDY))
-    finally:
-        os.chdir(old)
-
-
-def _printed(argv: list[str]) -> dict[str, Any]:
-    out, old = io.StringIO(), Path.cwd()
-    os.chdir(ROOT)
-    try:
-        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
-            main([*argv, "--print_config"])
-    finally:
-        os.chdir(old)
-    assert exit_info.value.code in (0, None), argv
-    return yaml.safe_load(out.getvalue())
-
-
 def test_every_study_config_exists_and_is_used() -> None:
-    study, steps = _steps()
+    study, steps = study_steps(STUDY)
     used = {c for s in steps for c in s.configs}
     for path in (ROOT / "configs/semsim/cpu").glob("*.yaml"):
         assert f"configs/semsim/cpu/{path.name}" in used, f"{path.name} is used by no step"
     assert study == "semsim_cpu" and len([s for s in steps if s.name.startswith("victim-")]) >= 4
 
 
-@pytest.mark.parametrize("name", [s.name for s in _steps()[1] if s.command != "data"])
+@pytest.mark.parametrize("name", [s.name for s in study_steps(STUDY)[1] if s.command != "data"])
 def test_study_step_parses(name: str) -> None:
-    study, steps = _steps()
+    study, steps = study_steps(STUDY)
     step = next(s for s in steps if s.name == name)
     if step.command not in TRAINING_COMMANDS and step.command not in TOOLS:
         pytest.skip(f"synthpriv {step.command} is not registered yet")
-    printed = _printed(step_argv(study, step))
+    printed = printed_config(step_argv(study, step))
     if step.name == "judge":
         assert printed["model"]["init_args"]["backbone"] == "resnet20-2"
         assert printed["data"]["init_args"]["train_roots"] == "data/animal-mnist/val"
@@ -241,7 +217,7 @@ def test_study_step_parses(name: str) -> None:
         assert printed["threshold"] == 0.5 and len(printed["entries"]) >= 4
     if step.name.startswith("invert-"):  # the attack's augmentation is its victim's
         victim = next(s for s in steps if s.name == step.needs[0])
-        victim_args = _printed(step_argv(study, victim))["data"]["init_args"]
+        victim_args = printed_config(step_argv(study, victim))["data"]["init_args"]
         assert printed["data"]["init_args"]["train_transform"] == victim_args["transform"]
     if step.command == "metric-agreement":  # semsim comes from the checkpoint, scored on held-out originals only
         assert printed["semsim_checkpoint"] in {o for s in steps for o in s.outputs}

@@ -3,17 +3,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import tiny_config, tiny_dataset
+from cli_helpers import printed_config, tiny_config, tiny_dataset
 from PIL import Image, ImageOps
 from torch import nn
 
@@ -282,19 +278,6 @@ def test_tiny_fit_with_ats_and_defence(tmp_path: Path) -> None:
     assert state["kind"] == "gaussian" and state["steps"] == 2  # 8 images, batch 4, 1 epoch
 
 
-def _printed(argv: list[str]) -> dict[str, Any]:
-    out = io.StringIO()
-    old = Path.cwd()
-    os.chdir(ROOT)
-    try:
-        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
-            main([*argv, "--print_config"])
-    finally:
-        os.chdir(old)
-    assert exit_info.value.code in (0, None)
-    return yaml.safe_load(out.getvalue())
-
-
 GRID = sorted(p.name for p in VICTIMS.glob("*.yaml") if p.name != "base.yaml")
 EXPECTED = {
     "aug": ("ats", "", None),
@@ -315,7 +298,7 @@ def test_grid_is_complete() -> None:
 def test_victim_config_parses(name: str) -> None:
     configs = ["configs/trainer/cpu.yaml", "configs/callbacks/default.yaml", "configs/semsim/victims/base.yaml"]
     configs += ["configs/recipes/semsim_victim.yaml", f"configs/semsim/victims/{name}"]
-    printed = _printed(["fit", *[arg for c in configs for arg in ("--config", c)]])
+    printed = printed_config(["fit", *[arg for c in configs for arg in ("--config", c)]])
     arch, training = name.removesuffix(".yaml").split("_", 1)
     transform, policy, defence = EXPECTED[training]
     model, data = printed["model"]["init_args"], printed["data"]["init_args"]

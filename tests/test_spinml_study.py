@@ -3,10 +3,7 @@ parses (in-process --print_config)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,14 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from cli_helpers import printed_config, study_steps
 
-from cli import main
 from privacy.image_leakage import wilson_interval
 from tools.commands import TOOLS
 from tools.spinml_demo_data import build_spinml_demo
 from tools.spinml_leakage import spinml_leakage
 from tools.spinml_report import SpinMLRun, spinml_report
-from tools.study import TRAINING_COMMANDS, load_study
+from tools.study import TRAINING_COMMANDS
 from tools.study_plan import step_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,29 +166,8 @@ def test_report_refusals(husky: Path, leakage: Path, tmp_path: Path, monkeypatch
 # the study's configs parse ------------------------------------------------------------------------------------
 
 
-def _steps() -> tuple[str, list[Any]]:
-    old = Path.cwd()
-    os.chdir(ROOT)
-    try:
-        return load_study(Path(STUDY))
-    finally:
-        os.chdir(old)
-
-
-def _printed(argv: list[str]) -> dict[str, Any]:
-    out, old = io.StringIO(), Path.cwd()
-    os.chdir(ROOT)
-    try:
-        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
-            main([*argv, "--print_config"])
-    finally:
-        os.chdir(old)
-    assert exit_info.value.code in (0, None), argv
-    return yaml.safe_load(out.getvalue())
-
-
 def test_every_study_config_exists_and_is_used() -> None:
-    study, steps = _steps()
+    study, steps = study_steps(STUDY)
     used = {c for s in steps for c in s.configs}
     for path in (ROOT / "configs/spinml/cpu").glob("*.yaml"):
         assert f"configs/spinml/cpu/{path.name}" in used, f"{path.name} is used by no step"
@@ -202,12 +178,12 @@ def test_every_study_config_exists_and_is_used() -> None:
     assert set(report.needs) >= {s.name for s in tests} | {"leakage"}
 
 
-@pytest.mark.parametrize("name", [s.name for s in _steps()[1] if s.command != "data"])
+@pytest.mark.parametrize("name", [s.name for s in study_steps(STUDY)[1] if s.command != "data"])
 def test_study_step_parses(name: str) -> None:
-    study, steps = _steps()
+    study, steps = study_steps(STUDY)
     step = next(s for s in steps if s.name == name)
     assert step.command in TRAINING_COMMANDS or step.command in TOOLS, step.command
-    printed = _printed(step_argv(study, step))
+    printed = printed_config(step_argv(study, step))
     if step.name.startswith("clf-") and step.command == "fit":
         model, data = printed["model"]["init_args"], printed["data"]["init_args"]
         assert model["backbone"] == "mobilenet_v2" and model["weights"] == "imagenet"
