@@ -55,6 +55,27 @@ def test_builder_writes_the_husky_layout(husky: Path) -> None:
         build_spinml_demo(str(husky), classes=CLASSES, per_class=5, size=64)
 
 
+def test_demo_grey_real_only_matches_the_colour_build(husky: Path, tmp_path: Path) -> None:
+    out = build_spinml_demo(
+        str(tmp_path / "grey"), classes=CLASSES, per_class=6, size=64, grey=True, synthetic_levels=False
+    )
+    assert not (out / "synthetic").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["levels"] == [] and manifest["options"]["grey"] is True
+    assert "grey" not in json.loads((husky / "manifest.json").read_text())["options"]  # defaults stay unrecorded
+    name = sorted(p.name for p in (husky / "real" / "raw").iterdir())[0]
+    grey = np.asarray(Image.open(out / "real" / "raw" / name)).astype(int)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    # the same draws as the colour build: the same object in the same place
+    for part in ("mask",):
+        a, b = (np.asarray(Image.open(root / "real" / "raw_split" / part / name)) for root in (out, husky))
+        assert np.array_equal(a, b)
+    colour = np.asarray(Image.open(husky / "real" / "raw_split" / "background" / name)).astype(float)
+    lum = np.asarray(Image.open(out / "real" / "raw_split" / "background" / name))[..., 0].astype(float)
+    assert np.abs(colour @ np.array([0.299, 0.587, 0.114]) - lum).max() <= 0.5 + 1e-9
+    build_spinml_demo(str(out), classes=CLASSES, per_class=6, size=64, grey=True, synthetic_levels=False)  # no-op
+
+
 def test_mix_counts_labels_and_test_split(husky: Path) -> None:
     dm = _dm(husky, alpha=0.5, first_level="L0_L0", second_level="L2_L0", val_fraction=0.0)
     ids = dm.example_ids("train")

@@ -97,6 +97,8 @@ def build_spinml_demo(
     threshold: int = 64,
     write_clean: bool = True,
     seed: int = 0,
+    grey: bool = False,
+    synthetic_levels: bool = True,
 ) -> Path:
     """Write a small SpinML husky-layout dataset from animal-mnist objects on real photo crops.
 
@@ -108,6 +110,10 @@ def build_spinml_demo(
         threshold: grey level above which a silhouette pixel belongs to the object (0..254).
         write_clean: also write each level's composited images to clean/ (the code's layout).
         seed: seed of every draw (objects, crops, tints, places).
+        grey: untinted objects on grey photo crops (luminance in all 3 channels), for a 1-channel generator such
+            as the TCKR CPU study's; the same draws as a colour build otherwise.
+        synthetic_levels: also write the hand-made synthetic levels; false: real/ only (e.g. a study that
+            generates its levels with a diffusion model).
     """
     from tools.bundled_data import ANIMAL_MNIST_CLASSES, load_animal_mnist
 
@@ -131,6 +137,9 @@ def build_spinml_demo(
         "threshold": threshold,
         "write_clean": write_clean,
         "seed": seed,
+        # newer options are recorded only when not default, so earlier builds still match on a rerun
+        **({"grey": True} if grey else {}),
+        **({"synthetic_levels": False} if not synthetic_levels else {}),
     }
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file():
@@ -164,14 +173,17 @@ def build_spinml_demo(
     }
     masks = {part: np.zeros((n, size, size), np.uint8) for part in arrays}
     for i in range(n):
-        grey, mask = _place(images[real_idx[i]], size, threshold, rng)
+        grey_obj, mask = _place(images[real_idx[i]], size, threshold, rng)
         tint = rng.uniform(0.45, 1.0, 3)
-        real_fg = _tinted(grey, mask, tint)
+        if grey:
+            tint = np.ones(3)
+        real_fg = _tinted(grey_obj, mask, tint)
         arrays["real"]["foreground"][i] = real_fg
         arrays["real"]["background"][i] = _crop(real_photo, size, rng)
         masks["real"][i] = masks["L1_L0"][i] = masks["L2_L0"][i] = mask * np.uint8(255)
-        noise = rng.normal(0.0, 8.0, grey.shape)
-        arrays["L2_L0"]["foreground"][i] = _tinted(np.clip(grey + noise, 0, 255), mask, tint * rng.uniform(0.9, 1.1, 3))
+        noise = rng.normal(0.0, 8.0, grey_obj.shape)
+        retint = tint * rng.uniform(0.9, 1.1, 3)
+        arrays["L2_L0"]["foreground"][i] = _tinted(np.clip(grey_obj + noise, 0, 255), mask, retint)
         flat = np.where(_outline(mask)[..., None], 20, rng.uniform(60, 255, 3)[None, None, :]).astype(np.uint8)
         arrays["L1_L0"]["foreground"][i] = flat * mask[..., None]
         grey0, mask0 = _place(images[other_idx[i]], size, threshold, rng)
@@ -180,10 +192,16 @@ def build_spinml_demo(
         for level in LEVELS:
             arrays[level]["background"][i] = _crop(synthetic_photo, size, rng)
 
+    if grey:  # luminance (ITU-R 601) in all three channels, as a grey generator sees them
+        for part in arrays:
+            for key in arrays[part]:
+                lum = arrays[part][key].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+                arrays[part][key] = np.repeat(np.round(lum).astype(np.uint8)[..., None], 3, axis=-1)
+    levels = list(LEVELS) if synthetic_levels else []
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        for part in arrays:
+        for part in ["real", *levels]:
             fg, bg, mask = arrays[part]["foreground"], arrays[part]["background"], masks[part]
             composited = _composite(fg, bg, mask)
             base = staging / "real" / "raw_split" if part == "real" else staging / "synthetic" / part
@@ -201,8 +219,8 @@ def build_spinml_demo(
             {
                 "options": options,
                 "class_names": classes,
-                "levels": list(LEVELS),
-                "counts": {"real": n, **{level: n for level in LEVELS}},
+                "levels": levels,
+                "counts": {"real": n, **{level: n for level in levels}},
                 "label_pattern": "the second underscore-separated token of the file name (<k>_<class>.png)",
                 "sources": {
                     "objects": "animal-mnist package (animal_data_version_3.gz), indices recorded per file",
@@ -218,5 +236,6 @@ def build_spinml_demo(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    print(f"wrote the SpinML demo data to {out_dir}: {n} real images and {n} per level {', '.join(LEVELS)}")
+    written = f" and {n} per level {', '.join(levels)}" if levels else " (real/ only)"
+    print(f"wrote the SpinML demo data to {out_dir}: {n} real images{written}")
     return out_dir
