@@ -67,8 +67,11 @@ def test_own_images_and_lira_sections_run_as_written(user_folder: Path) -> None:
     own = next(b for b in _blocks(section, "bash") if "shadows-config" in b)
     commands = _commands(own)
     assert [c[0] for c in commands] == ["fit", "test", "shadows-config", "fit", "predict", "attack", "privacy-report"]
+    stray = ROOT / "runs" / "mine"  # where W&B's service wrote a relative save_dir (its own working directory)
+    stray_before = stray.exists()
     for argv in commands:
         main(argv)
+    assert stray_before or not stray.exists(), f"a run wrote into {stray} instead of {user_folder}"
 
     teacher = user_folder / "runs" / "mine" / "teacher"
     # What the section promises in the run folder (the quickstart's listing).

@@ -67,7 +67,9 @@ def _configure_loggers(logger: Any, run_dir: Path, options: RunOptions, subcomma
             continue
         args = item.init_args
         if "save_dir" in args and args.save_dir in (None, ".", ""):
-            args.save_dir = str(run_dir)
+            # absolute: W&B's service process may have started in another working directory, and it resolves a
+            # relative dir against its own (seen in the tests: files landed in the repository's runs/)
+            args.save_dir = str(Path(run_dir).resolve())
         if str(item.class_path).endswith("WandbLogger"):
             _configure_wandb(item, run_dir, options, subcommand, ckpt_path)
     return logger
