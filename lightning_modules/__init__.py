@@ -8,8 +8,8 @@ from lightning_modules.features import FeatureExtractor
 from lightning_modules.inversion import GradientInversion
 from lightning_modules.probe import LinearProbe
 from lightning_modules.semsim import SemSimNet
-from lightning_modules.spinml_generation import SegmentGeneration as SegmentGeneration
 from lightning_modules.shadows import ShadowEnsemble
+from lightning_modules.spinml_generation import SegmentGeneration as SegmentGeneration
 
 __all__ = [
     "Captioner",

@@ -118,3 +118,20 @@ def read_output_manifest(manifest: Path, outputs: list[str], what: str) -> dict[
         return json.loads(manifest.read_text())
     except json.JSONDecodeError as err:
         raise FileExistsError(f"{manifest} is not valid JSON ({err}); refusing to write {what} there") from err
+
+
+def finished_record(done: str | Path, record_format: int, settings: Any, what: str) -> bool:
+    """Resume check of a tool whose JSON record ``done`` is written last (its presence marks the results complete).
+
+    Returns False when ``done`` does not exist (compute), True when it holds results of this ``record_format`` and
+    these ``settings`` (a rerun does nothing; said on stdout); raises FileExistsError naming ``what`` (e.g.
+    "metric-agreement results") when it holds results of other inputs or settings, which are never overwritten.
+    """
+    done = Path(done)
+    if not done.is_file():
+        return False
+    record = json.loads(done.read_text())
+    if record.get("format") == record_format and record.get("settings") == settings:
+        print(f"{done} already holds these results; nothing to do")
+        return True
+    raise FileExistsError(f"{done.parent} holds {what} of other inputs or settings; choose another --out")

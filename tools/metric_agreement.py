@@ -31,7 +31,8 @@ import numpy as np
 
 from privacy.agreement import CORRELATIONS, best_metric, image_level, model_level
 from tools.agreement_outputs import METHOD, log_wandb, markdown, scatter
-from tools.files import file_sha256, json_plain, write_json_atomic, write_text_atomic
+from tools.agreement_scorers import semsim_scorer, victim_of, victim_sha
+from tools.files import file_sha256, finished_record, json_plain, write_json_atomic, write_text_atomic
 from tools.report_inputs import ConfigPath, resolve_input
 from tools.wandb_check import require_wandb_credentials
 
@@ -197,7 +198,7 @@ def _score(
 
         stlpips = STLPIPS("alex")
     for g in gathered:
-        victim = _victim_of(Path(g["folder"]), g["label"]) if through_victim else None
+        victim = victim_of(Path(g["folder"]), g["label"]) if through_victim else None
         values = {m: np.empty(len(g["ids"])) for m in [*pixel, *through_victim, *(["semsim"] if semsim else [])]}
         shapes = sorted({ori.shape for ori, _ in g["images"]})
         for shape in shapes:
@@ -213,74 +214,6 @@ def _score(
             for m in values:
                 values[m][where] = out[m].double().cpu().numpy()
         g["values"] = values
-
-
-def _victim_sha(folder: Path) -> str | None:
-    manifest = folder / "manifest.json"
-    return json.loads(manifest.read_text()).get("victim_checkpoint_sha256") if manifest.is_file() else None
-
-
-def _victim_of(folder: Path, label: str) -> Any:
-    """The victim an inversion folder attacked, taking [0, 1] images (its normalisation first), from the folder's
-    manifest.json; the checkpoint must still hash as it did at the attack."""
-    import torch
-
-    from lightning_modules.inversion import NormalisedVictim, load_victim
-
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        raise FileNotFoundError(
-            f"entry {label!r}: {manifest} is missing; metrics through the victim ({', '.join(VICTIM_METRICS)}) "
-            "need the inversion's manifest to find the victim"
-        )
-    record = json.loads(manifest.read_text())
-    path = Path(record.get("victim_checkpoint_path", ""))
-    if not path.is_file():
-        raise FileNotFoundError(f"entry {label!r}: the victim checkpoint {path} named in {manifest} does not exist")
-    if file_sha256(path) != record.get("victim_checkpoint_sha256"):
-        raise ValueError(f"entry {label!r}: {path} changed since the attack recorded in {manifest} (sha256 differs)")
-    net, _, _ = load_victim(str(path))
-    data = record.get("data") or {}
-    mean, std = (torch.tensor(data[k], dtype=torch.float32).view(1, -1, 1, 1) for k in ("mean", "std"))
-    return NormalisedVictim(net, mean, std).eval()
-
-
-def _semsim_scorer(checkpoint: Path) -> Any:
-    """``score(originals, reconstructions, distance)`` in [0, 1] -> SemSim distances, with the checkpoint's data
-    preprocessing (bicubic resize to its image_size, CIFAR-100 normalisation)."""
-    import torch
-    from torchvision.transforms import v2
-
-    from datamodules.human_annotations import CIFAR100_MEAN, CIFAR100_STD
-    from lightning_modules.semsim import SemSimNet
-
-    model = SemSimNet.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    stored = torch.load(checkpoint, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters") or {}
-    size = int(stored.get("image_size", 32))
-    prep = v2.Compose(
-        [
-            v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.Normalize(list(CIFAR100_MEAN), list(CIFAR100_STD)),
-        ]
-    )
-
-    def score(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
-        with torch.no_grad():
-            return model.distance(prep(a), prep(b), distance=distance)
-
-    return score
-
-
-def _already_done(done: Path, settings: dict[str, Any]) -> bool:
-    if not done.is_file():
-        return False
-    record = json.loads(done.read_text())
-    if record.get("format") == FORMAT and record.get("settings") == settings:
-        print(f"{done} already holds these results; nothing to do")
-        return True
-    raise FileExistsError(
-        f"{done.parent} holds metric-agreement results of other inputs or settings; choose another --out"
-    )
 
 
 def metric_agreement(
@@ -354,7 +287,7 @@ def metric_agreement(
             "semsim_distance": semsim_distance if semsim_path else None,
             "originals": sorted(keep) if keep else None,
             "lpips_backbone": lpips_backbone_file and file_sha256(lpips_backbone_file),
-            "victims": {g["label"]: _victim_sha(Path(g["folder"])) for g in gathered}
+            "victims": {g["label"]: victim_sha(Path(g["folder"])) for g in gathered}
             if any(m in VICTIM_METRICS for m in metrics)
             else None,
             "psnr_max_db": psnr_max_db,
@@ -362,16 +295,16 @@ def metric_agreement(
         }
     )
     out_dir = Path(out)
-    if _already_done(out_dir / "agreement.json", settings):
+    if finished_record(out_dir / "agreement.json", FORMAT, settings, "metric-agreement results"):
         return out_dir
-    semsim = _semsim_scorer(semsim_path) if semsim_path else None
+    semsim = semsim_scorer(semsim_path) if semsim_path else None
     _score(gathered, metrics, lpips_backbone_file, semsim, semsim_distance, psnr_max_db)
     from privacy.similarity import HIGHER_IS_MORE_SIMILAR
 
     higher = {**HIGHER_IS_MORE_SIMILAR, "semsim": False}
     rec = [g["recognisable"] for g in gathered]
     groups = np.concatenate([g["ids"] for g in gathered])
-    victims = [_victim_sha(Path(g["folder"])) for g in gathered]
+    victims = [victim_sha(Path(g["folder"])) for g in gathered]
     results, restricted = {}, set()
     for name in names:
         vals = [g["values"][name] for g in gathered]

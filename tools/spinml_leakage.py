@@ -25,7 +25,6 @@ sha256) and settings does nothing; other inputs or settings into the same ``out`
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -122,18 +121,6 @@ def _mi_for(level: int, rows: dict[str, np.ndarray], n: int, resamples: int, see
     return out
 
 
-def _already_done(done: Path, settings: dict[str, Any]) -> bool:
-    if not done.is_file():
-        return False
-    record = json.loads(done.read_text())
-    if record.get("format") == FORMAT and record.get("settings") == settings:
-        print(f"{done} already holds these results; nothing to do")
-        return True
-    raise FileExistsError(
-        f"{done.parent} holds spinml-leakage results of other inputs or settings; choose another --out"
-    )
-
-
 def spinml_leakage(
     root: str,
     out: str,
@@ -168,7 +155,7 @@ def spinml_leakage(
     from datamodules.spinml_layout import image_files, parse_level
     from privacy.embeddings import ImageEmbedder
     from privacy.image_leakage import closest_pairs, nearest_real, sim_score
-    from tools.files import json_plain, write_json_atomic, write_text_atomic
+    from tools.files import finished_record, json_plain, write_json_atomic, write_text_atomic
     from tools.leakage_plots import write_closest_pairs_png
 
     root_dir = Path(root).expanduser()
@@ -196,7 +183,7 @@ def spinml_leakage(
         "bootstrap_seed": bootstrap_seed,
     }
     out_dir = Path(out)
-    if _already_done(out_dir / "leakage.json", settings):
+    if finished_record(out_dir / "leakage.json", FORMAT, settings, "spinml-leakage results"):
         return out_dir
 
     real_names, rows = real_mi_rows(root_dir, canvas)

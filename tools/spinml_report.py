@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from privacy.image_leakage import wilson_interval
-from tools.files import file_sha256, json_plain, write_json_atomic, write_text_atomic
+from tools.files import file_sha256, finished_record, json_plain, write_json_atomic, write_text_atomic
 from tools.report_inputs import ConfigPath, fmt_ci, md_escape, resolve_input
 from tools.wandb_check import require_wandb_credentials, wandb_mode
 
@@ -139,16 +139,6 @@ def _row(entry: SpinMLRun, leakage: dict[str, Any]) -> tuple[dict[str, Any], lis
     return row, [config_path, run_dir / "test" / "metrics.json"]
 
 
-def _already_done(done: Path, settings: dict[str, Any]) -> bool:
-    if not done.is_file():
-        return False
-    record = json.loads(done.read_text())
-    if record.get("format") == FORMAT and record.get("settings") == settings:
-        print(f"{done} already holds this report; nothing to do")
-        return True
-    raise FileExistsError(f"{done.parent} holds a spinml-report of other inputs or settings; choose another --out")
-
-
 def spinml_report(
     out: str,
     leakage: ConfigPath,
@@ -189,7 +179,7 @@ def spinml_report(
         "inputs_sha256": {str(f): file_sha256(f) for f in files},
     }
     out_dir = Path(out)
-    if _already_done(out_dir / "report.json", settings):
+    if finished_record(out_dir / "report.json", FORMAT, settings, "a spinml-report"):
         return out_dir
     record = {
         "format": FORMAT,
