@@ -16,9 +16,10 @@ level pairs uses it::
 (not on the level, the batch, the device count or which requests a rerun skips), so a foreground at L0 and L1
 starts from the same noise. Prompts: ``foreground_template`` / ``background_template`` with ``{class_name}``.
 
-``train_dataloader`` (for ``SegmentGeneration`` with ``finetune: controlnet``) yields the real segments of
-``train_parts`` with their Canny maps and prompts: ``{"pixel_values", "guide", "prompt"}``. A ControlNet trained
-on the user's own segments has seen them; train it on public images where the threat model requires.
+``train_dataloader`` (for ``SegmentGeneration`` fits: ``finetune: controlnet``, or a full / LoRA fine-tune on the
+user's segments as SpinML's DreamBooth step) yields the real segments of ``train_parts`` with their Canny maps and
+prompts: ``{"pixel_values", "guide", "prompt", "loss_mask"}`` (``loss_mask`` with ``mask_background_loss``). A
+model trained on the user's own segments has seen them; train on public images where the threat model requires.
 """
 
 from __future__ import annotations
@@ -87,16 +88,33 @@ class _Requests(Dataset):
         return {**{k: v for k, v in item.items()}, **tensors}
 
 
+def background_loss_mask(mask: Path, resolution: int) -> torch.Tensor:
+    """(1,H,W) float: 1 on the background, 0 on every pixel the object touches after resizing to ``resolution``
+    (box-resized coverage > 0: the cut-out hole and its blended rim are not background content to learn)."""
+    m = Image.fromarray(load_mask(mask)).resize((resolution, resolution), Image.Resampling.BOX)
+    return torch.from_numpy((np.asarray(m) == 0).astype(np.float32))[None]
+
+
 class _Pairs(Dataset):
-    def __init__(self, items: list[dict[str, Any]], files: dict[str, Any], resolution: int) -> None:
+    def __init__(
+        self, items: list[dict[str, Any]], files: dict[str, Any], resolution: int, mask_background: bool
+    ) -> None:
         self.requests = _Requests(items, files, resolution)
+        self.mask_background = mask_background
 
     def __len__(self) -> int:
         return len(self.requests)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         r = self.requests[i]
-        return {"pixel_values": r["segment"], "guide": r["guide"], "prompt": r["prompt"]}
+        pair = {"pixel_values": r["segment"], "guide": r["guide"], "prompt": r["prompt"]}
+        if self.mask_background:
+            size = r["segment"].shape[-1]
+            if r["part"] == "background":
+                pair["loss_mask"] = background_loss_mask(self.requests.files[r["name"]].mask, size)
+            else:
+                pair["loss_mask"] = torch.ones(1, size, size)
+        return pair
 
 
 class SegmentRequestDataModule(LightningDataModule):
@@ -112,7 +130,10 @@ class SegmentRequestDataModule(LightningDataModule):
         background_template: prompt of the background, with ``{class_name}``.
         resolution: square side of generated images (the generator's image size, e.g. 28 for the CPU model).
         seed: base seed of every request's noise.
-        train_parts: which parts' real segments train a ControlNet (fit).
+        train_parts: which parts' real segments train a ControlNet or fine-tune the generator (fit).
+        mask_background_loss: in training, give background segments a ``loss_mask`` that leaves out the object's
+            cut-out region (and its rim), so the generator does not learn to draw the hole; foregrounds keep the
+            whole frame (the object on black is what a foreground is).
         batch_size: requests per batch (changes no image).
         num_workers: DataLoader workers.
     """
@@ -128,6 +149,7 @@ class SegmentRequestDataModule(LightningDataModule):
         resolution: int = 64,
         seed: int = 0,
         train_parts: list[str] | None = None,
+        mask_background_loss: bool = True,
         batch_size: int = 8,
         num_workers: int = 0,
     ) -> None:
@@ -233,7 +255,7 @@ class SegmentRequestDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """(real segment, Canny map, prompt) pairs of ``train_parts``, shuffled: ControlNet training."""
+        """(real segment, Canny map, prompt[, loss mask]) of ``train_parts``, shuffled: ControlNet or generator fits."""
         items = []
         for part in self.train_parts:
             for name in self.files:
@@ -253,7 +275,7 @@ class SegmentRequestDataModule(LightningDataModule):
                     }
                 )
         return DataLoader(
-            _Pairs(items, self.files, self.hparams.resolution),
+            _Pairs(items, self.files, self.hparams.resolution, self.hparams.mask_background_loss),
             batch_size=self.hparams.batch_size,
             shuffle=True,
             num_workers=self.hparams.num_workers,

@@ -191,6 +191,56 @@ def test_controlnet_finetune_trains_only_the_control_branch(husky: Path, tmp_pat
     assert loaded.generation_config()["controlnet_sha256"]
 
 
+def test_masked_loss_ignores_the_cut_out_region() -> None:
+    from lightning_modules.diffusion import masked_mse
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    plain = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(masked_mse(pred, target, None), plain)
+    assert torch.allclose(masked_mse(pred, target, torch.ones(2, 1, 8, 8)), plain)
+    keep = torch.ones(2, 1, 8, 8)
+    keep[0, :, 2:6, 2:6] = 0
+    keep[1] = 0  # nothing kept: the sample contributes 0
+    other = target.clone()
+    other[0, :, 2:6, 2:6] += 5.0  # only the left-out pixels change
+    loss = masked_mse(pred, target, keep)
+    assert torch.equal(loss, masked_mse(pred, other, keep)) and loss[1] == 0
+    inside = keep[0, 0].bool()
+    assert torch.allclose(loss[0], ((pred[0] - target[0]) ** 2)[:, inside].mean())
+    # an image-size mask is area-resized to the latents: a 2x2 block half kept weighs its latent by 1/2
+    half = torch.ones(1, 1, 8, 8)
+    half[0, 0, :, :3] = 0  # latent column 0 left out, column 1 half kept, columns 2-3 kept
+    sq = (pred[:1, :, :4, :4] - target[:1, :, :4, :4]) ** 2
+    expected = (0.5 * sq[..., 1].sum() + sq[..., 2:].sum()) / (3 * 4 * 2.5)
+    assert torch.allclose(masked_mse(pred[:1, :, :4, :4], target[:1, :, :4, :4], half), expected)
+    with pytest.raises(ValueError, match="loss_mask: expected"):
+        masked_mse(pred, target, torch.ones(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        masked_mse(pred, target, torch.full((2, 1, 8, 8), 2.0))
+
+
+def test_training_pairs_mask_the_background_hole(husky: Path) -> None:
+    from datamodules.spinml_layout import load_mask
+
+    dm = requests(husky, batch_size=4)
+    pairs = dm.train_dataloader().dataset
+    seen = set()
+    for i in range(len(pairs)):
+        item, request = pairs[i], pairs.requests.items[i]
+        keep = item["loss_mask"][0]
+        if request["part"] == "foreground":
+            assert torch.equal(keep, torch.ones(16, 16))
+        else:  # 0 wherever the object covers any pixel of the 48 -> 16 px cell (3 x 3 blocks), 1 elsewhere
+            mask = load_mask(husky / "real" / "raw_split" / "mask" / request["name"]) > 127
+            touched = mask.reshape(16, 3, 16, 3).any(axis=(1, 3))
+            assert torch.equal(keep, torch.from_numpy(~touched).float())
+        seen.add(request["part"])
+    assert seen == {"foreground", "background"}
+    off = requests(husky, mask_background_loss=False).train_dataloader().dataset
+    assert "loss_mask" not in off[0]
+
+
 def _predict(root: Path, tmp_path: Path, **model_kw) -> tuple[Trainer, object]:
     from callbacks.spinml_writer import SegmentLevelWriter
 

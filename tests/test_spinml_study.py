@@ -173,7 +173,7 @@ def test_every_study_config_exists_and_is_used() -> None:
         assert f"configs/spinml/cpu/{path.name}" in used, f"{path.name} is used by no step"
     assert study == "spinml_cpu"
     tests = [s for s in steps if s.command == "test"]
-    assert len(tests) >= 5 and {s.name for s in steps} >= {"base", "lora", "controlnet", "generate", "report"}
+    assert len(tests) >= 5 and {s.name for s in steps} >= {"base", "customise", "controlnet", "generate", "report"}
     report = next(s for s in steps if s.name == "report")
     assert set(report.needs) >= {s.name for s in tests} | {"leakage"}
 
@@ -195,5 +195,11 @@ def test_study_step_parses(name: str) -> None:
         writer = printed["trainer"]["callbacks"][0]["init_args"]
         assert writer["output_dir"] == "runs/spinml_cpu/husky/synthetic" and writer["mask_source"] == "otsu"
         assert printed["model"]["init_args"]["controlnet_path"] == "runs/spinml_cpu/controlnet/adapter"
+    if step.name in ("customise", "controlnet", "generate"):
+        model = printed["model"]["init_args"]
+        # one generator: the TCKR base fine-tuned by "customise"; the later steps load that fine-tune
+        expected = "runs/tckr_cpu/base/adapter" if step.name == "customise" else "runs/spinml_cpu/customise/adapter"
+        assert model["pretrained_model_path"] == expected and model["adapter_path"] is None
+        assert model["finetune"] == {"customise": "full", "controlnet": "controlnet", "generate": "full"}[step.name]
     if step.command == "spinml-report":
         assert len(printed["entries"]) == len([s for s in steps if s.command == "test"])
