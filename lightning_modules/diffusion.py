@@ -22,6 +22,8 @@ from lightning import LightningModule
 
 from lightning_modules.diffusion_files import DiffusionFilesMixin
 
+BASE_MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor | None) -> torch.Tensor:
     """Per-sample MSE (B,), over the pixels a ``loss_mask`` (B,1,H,W) in [0, 1] keeps (all without one).
@@ -388,11 +390,13 @@ class TextToImageDiffusion(DiffusionFilesMixin, LightningModule):
 
         ``adapter_sha256`` is the sha256 of the ``adapter_path`` file; None without one (weights from a predict
         ``--ckpt_path`` are loaded by the Trainer only after the writer has recorded this configuration).
+        ``base_model_sha256`` hashes the base folder's unet/, vae/, text_encoder/, tokenizer/ and scheduler/ files
+        (seconds for a Stable Diffusion folder), so a resumed run refuses a base that changed in place.
         """
         import hashlib
         import json
 
-        from tools.files import file_sha256
+        from tools.files import file_sha256, folder_sha256
 
         hp = self.hparams
         sample = self.unet.config.sample_size
@@ -409,6 +413,7 @@ class TextToImageDiffusion(DiffusionFilesMixin, LightningModule):
             "width": int(hp.width or height),
             "finetune": hp.finetune,
             "base_model": str(Path(base).expanduser().resolve()) if base else None,
+            "base_model_sha256": folder_sha256(base, BASE_MODEL_PARTS) if base else None,
             "components_sha256": hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest()
             if components is not None
             else None,

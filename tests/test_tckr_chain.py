@@ -189,6 +189,28 @@ def test_adapter_path_loads_the_exported_lora(tmp_path: Path) -> None:
         make(finetune="full", adapter_path=str(file))
 
 
+@pytest.mark.usefixtures("one_torch_thread")
+def test_generation_config_identifies_the_base_model_by_content(tmp_path: Path) -> None:
+    """base_model_sha256: the same for a copy of the folder elsewhere, different once a weight file changes."""
+    import shutil
+
+    from test_diffusion import make
+
+    from lightning_modules.diffusion import TextToImageDiffusion
+
+    make(finetune="full").save_adapter(tmp_path / "base")
+    first = TextToImageDiffusion(pretrained_model_path=str(tmp_path / "base")).generation_config()
+    shutil.copytree(tmp_path / "base", tmp_path / "moved")
+    moved = TextToImageDiffusion(pretrained_model_path=str(tmp_path / "moved")).generation_config()
+    assert first["base_model_sha256"] == moved["base_model_sha256"] and first["base_model"] != moved["base_model"]
+    weights = next((tmp_path / "moved" / "unet").glob("diffusion_pytorch_model*"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight
+    weights.write_bytes(bytes(data))
+    changed = TextToImageDiffusion(pretrained_model_path=str(tmp_path / "moved")).generation_config()
+    assert changed["base_model_sha256"] != first["base_model_sha256"]
+
+
 def test_callback_arguments_are_checked() -> None:
     from callbacks import AdapterExport, SampleGrid
 

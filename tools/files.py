@@ -74,6 +74,18 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def folder_sha256(root: str | Path, subfolders: tuple[str, ...] | None = None) -> str:
+    """One hex sha256 over every file (relative path and content) under ``root``, or under its ``subfolders``
+    that exist; identifies a model folder (e.g. a diffusers base model) whatever its absolute path."""
+    root = Path(root).expanduser()
+    tops = [root / s for s in subfolders] if subfolders else [root]
+    files = sorted(f for top in tops if top.is_dir() for f in top.rglob("*") if f.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.relative_to(root).as_posix()}\0{file_sha256(f)}\n".encode())
+    return digest.hexdigest()
+
+
 def unique_path(path: Path) -> Path:
     """``path`` if free, else ``stem.1.suffix``, ``stem.2.suffix``, ... (never replaces an earlier file)."""
     if not path.exists():
