@@ -87,6 +87,18 @@ class CrashAtEpoch(Callback):
             raise RuntimeError("simulated crash")
 
 
+def quiet_cpu_trainer(callbacks: list[Any]) -> dict[str, Any]:
+    """The ``trainer`` section of a test config: one CPU device, no logger, progress bar or model summary."""
+    return {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "callbacks": callbacks,
+    }
+
+
 def run_cli_process(
     argv: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cli_helpers import run_cli_process, tiny_dataset
+from cli_helpers import quiet_cpu_trainer, run_cli_process, tiny_dataset
 
 from cli import main
 from datamodules import ImageFolderDataModule
@@ -115,14 +115,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _config(path: Path, data: Path, split: str = "train", **model: Any) -> Path:
     config = {
         "seed_everything": 3,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "logger": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "callbacks": [{"class_path": "CaptionWriter"}],
-        },
+        "trainer": quiet_cpu_trainer([{"class_path": "CaptionWriter"}]),
         "model": {"class_path": "Captioner", "init_args": model},
         "data": {
             "class_path": "ImageFolderDataModule",

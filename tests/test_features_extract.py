@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import run_cli_process, tiny_dataset
+from cli_helpers import quiet_cpu_trainer, run_cli_process, tiny_dataset
 
 from cli import main
 from datamodules import ImageFolderDataModule
@@ -27,14 +27,7 @@ SPLITS = ("train", "val", "test")
 def _config(path: Path, data: Path, **model: Any) -> Path:
     config = {
         "seed_everything": 5,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "logger": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "callbacks": [{"class_path": "FeatureWriter"}],
-        },
+        "trainer": quiet_cpu_trainer([{"class_path": "FeatureWriter"}]),
         "model": {
             "class_path": "FeatureExtractor",
             "init_args": {"backbone": "mobilenet_v2", "weights": None, "resolution": 32, **model},

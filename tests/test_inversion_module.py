@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import one_line_error, run_cli_process, tiny_config, tiny_dataset
+from cli_helpers import one_line_error, quiet_cpu_trainer, run_cli_process, tiny_config, tiny_dataset
 from fixtures_images import make_image_tree
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
@@ -47,14 +47,7 @@ def _config(tmp: Path, victim_dir: Path, root: Path, out: Path, crash: bool = Fa
         callbacks.append({"class_path": "test_inversion_module.CrashAfterFirstBatch"})
     config = {
         "seed_everything": 1,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "logger": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "callbacks": callbacks,
-        },
+        "trainer": quiet_cpu_trainer(callbacks),
         "model": {
             "class_path": "GradientInversion",
             "init_args": {"victim_checkpoint": str(victim_dir), "preset": "inversed", "iterations": 20, **model},

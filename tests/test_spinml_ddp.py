@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cli_helpers import ROOT, run_cli_process
+from cli_helpers import ROOT, quiet_cpu_trainer, run_cli_process
 from lightning.pytorch.callbacks import Callback
 from test_spinml_generation import PIXEL, husky  # noqa: F401  (husky: the tiny real/raw_split fixture)
 
@@ -48,20 +48,15 @@ def _config(tmp_path: Path, real: Path, out: Path) -> Path:
     batches and the per-rank batches group different requests)."""
     config = {
         "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "logger": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "callbacks": [
+        "trainer": quiet_cpu_trainer(
+            [
                 {"class_path": "SegmentLevelWriter", "init_args": {"output_dir": str(out), "mask_source": "box-gmm"}},
                 {
                     "class_path": "test_spinml_ddp.RecordRequests",
                     "init_args": {"folder": str(tmp_path / f"{out.name}-requests")},
                 },
-            ],
-        },
+            ]
+        ),
         "model": {
             "class_path": "SegmentGeneration",
             "init_args": {
