@@ -14,7 +14,8 @@ level pairs uses it::
 
 ``seed`` = SeedSequence([seed, part, crc32(stem)]): it depends on the base seed, the part and the file stem only
 (not on the level, the batch, the device count or which requests a rerun skips), so a foreground at L0 and L1
-starts from the same noise. Prompts: ``foreground_template`` / ``background_template`` with ``{class_name}``.
+starts from the same noise. Prompts: ``foreground_template`` (with ``{class_name}``) / ``background_template``
+(``{class_name}`` optional).
 
 ``train_dataloader`` (for ``SegmentGeneration`` fits: ``finetune: controlnet``, or a full / LoRA fine-tune on the
 user's segments as SpinML's DreamBooth step) yields the real segments of ``train_parts`` with their Canny maps and
@@ -49,6 +50,20 @@ from datamodules.spinml_layout import (
 )
 
 SEGMENT_PARTS = ("foreground", "background")
+
+
+def check_template(option: str, template: str, needs_class: bool) -> None:
+    """A prompt template uses only ``{class_name}`` (a foreground's must: the object is the class; a background may
+    leave it out, when backgrounds do not depend on the class)."""
+    from string import Formatter
+
+    try:
+        fields = {field for _, field, _, _ in Formatter().parse(template) if field is not None}
+    except ValueError as err:
+        raise ValueError(f"data.{option}: {template!r} is not a valid template ({err})") from None
+    if fields - {"class_name"} or (needs_class and "class_name" not in fields):
+        expected = "a '{class_name}' placeholder" if needs_class else "no placeholder other than '{class_name}'"
+        raise ValueError(f"data.{option}: expected {expected}; found {template!r}")
 
 
 def request_seed(base_seed: int, part: str, stem: str) -> int:
@@ -127,7 +142,7 @@ class SegmentRequestDataModule(LightningDataModule):
         class_names: class names in label order; default SpinML's husky map.
         label_pattern: regex whose group ``label`` (or only group) is the class name in a file stem.
         foreground_template: prompt of the object, with ``{class_name}``.
-        background_template: prompt of the background, with ``{class_name}``.
+        background_template: prompt of the background; ``{class_name}`` optional (class-free backgrounds).
         resolution: square side of generated images (the generator's image size, e.g. 28 for the CPU model).
         seed: base seed of every request's noise.
         train_parts: which parts' real segments train a ControlNet or fine-tune the generator (fit).
@@ -166,8 +181,7 @@ class SegmentRequestDataModule(LightningDataModule):
             ("foreground_template", foreground_template),
             ("background_template", background_template),
         ):
-            if "{class_name}" not in template:
-                raise ValueError(f"data.{option}: expected a '{{class_name}}' placeholder; found {template!r}")
+            check_template(option, template, needs_class=option == "foreground_template")
         if resolution < 8 or batch_size < 1:
             raise ValueError(f"data.resolution {resolution} / batch_size {batch_size}: expected >= 8 / >= 1")
         self.train_parts = list(train_parts or SEGMENT_PARTS)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from lightning import LightningModule
 
 from lightning_modules.diffusion_files import DiffusionFilesMixin
@@ -25,34 +24,14 @@ from lightning_modules.diffusion_files import DiffusionFilesMixin
 BASE_MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample MSE (B,), over the pixels a ``loss_mask`` (B,1,H,W) in [0, 1] keeps (all without one).
-
-    The mask is given at image size and area-resized to the prediction's size (latents), so a latent is weighted by
-    the share of its pixels that count; a sample whose mask keeps nothing contributes 0. Used to train on segments
-    whose cut-out region is not content (SpinML backgrounds with the object removed), as masked-loss DreamBooth does.
-    """
-    squared = F.mse_loss(pred, target, reduction="none")
-    if loss_mask is None:
-        return squared.mean(dim=(1, 2, 3))
-    mask = loss_mask.to(squared.dtype)
-    if mask.dim() != 4 or mask.shape[:2] != (pred.shape[0], 1):
-        raise ValueError(f"batch loss_mask: expected (B={pred.shape[0]},1,H,W); found {tuple(mask.shape)}")
-    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
-        raise ValueError("batch loss_mask: expected finite values in [0, 1]")
-    if mask.shape[-2:] != pred.shape[-2:]:
-        mask = F.interpolate(mask, size=pred.shape[-2:], mode="area")
-    kept = (mask.sum(dim=(1, 2, 3)) * pred.shape[1]).clamp_min(1e-8)
-    return (squared * mask).sum(dim=(1, 2, 3)) / kept
-
-
 class TextToImageDiffusion(DiffusionFilesMixin, LightningModule):
     """Text-to-image latent (or pixel) diffusion model with LoRA or full UNet training.
 
     Training batches are dicts with ``pixel_values`` (B,3,H,W) in [-1, 1] and ``prompt`` (list of str); cached
     ``latents`` (B,C,h,w, already scaled) and ``prompt_embeds`` (B,L,D) may replace them; an optional ``loss_mask``
-    (B,1,H,W) in [0, 1] restricts the loss to the pixels it keeps (``masked_mse``). Predict batches are dicts
-    with ``index``, ``prompt``, ``label`` and ``seed`` (one generator per image, so results do not depend on batching).
+    (B,1,H,W) in [0, 1] restricts the loss to the pixels it keeps (``networks.diffusion.masked_mse``). Predict
+    batches are dicts with ``index``, ``prompt``, ``label`` and ``seed`` (one generator per image, so results do not
+    depend on batching).
     """
 
     def __init__(
@@ -306,6 +285,8 @@ class TextToImageDiffusion(DiffusionFilesMixin, LightningModule):
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = self.target(latents, noise, timesteps)
         pred = self(noisy, timesteps, embeds)
+        from lightning_modules.networks.diffusion import masked_mse
+
         per_sample = masked_mse(pred.float(), target.float(), batch.get("loss_mask"))
         if self.hparams.snr_gamma is not None:
             per_sample = per_sample * self.loss_weights(timesteps)

@@ -192,7 +192,7 @@ def test_controlnet_finetune_trains_only_the_control_branch(husky: Path, tmp_pat
 
 
 def test_masked_loss_ignores_the_cut_out_region() -> None:
-    from lightning_modules.diffusion import masked_mse
+    from lightning_modules.networks.diffusion import masked_mse
 
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
@@ -312,6 +312,13 @@ def test_requests_validate_inputs(husky: Path) -> None:
         requests(husky, level_pairs=["L1-L0"])
     with pytest.raises(ValueError, match="outside 0, 1, 2"):
         requests(husky, level_pairs=["L3_L0"])
+    with pytest.raises(ValueError, match=r"foreground_template: expected a '\{class_name\}' placeholder"):
+        requests(husky, foreground_template="a photo of a dog")
+    for bad in ("a {place} without a {class_name}", "a {class_name"):
+        with pytest.raises(ValueError, match="background_template"):
+            requests(husky, background_template=bad)
+    free = requests(husky, background_template="a view")  # class-free backgrounds are allowed
+    assert {i["prompt"] for i in free.items if i["part"] == "background"} == {"a view"}
     (husky / "real/raw_split/mask/b_eating_2.png").unlink()
     with pytest.raises(FileNotFoundError, match="no mask segment"):
         requests(husky)

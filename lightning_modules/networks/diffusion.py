@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 #: subfolder -> file that must exist in a diffusers folder (the VAE is optional: pixel-space models have none).
 REQUIRED_FILES = {
@@ -252,3 +253,24 @@ def save_components(components: dict[str, Any], path: str | Path) -> Path:
     components["tokenizer"].save_pretrained(root / "tokenizer")
     scheduler.save_pretrained(root / "scheduler")
     return root
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample MSE (B,), over the pixels a ``loss_mask`` (B,1,H,W) in [0, 1] keeps (all without one).
+
+    The mask is given at image size and area-resized to the prediction's size (latents), so a latent is weighted by
+    the share of its pixels that count; a sample whose mask keeps nothing contributes 0. Used to train on segments
+    whose cut-out region is not content (SpinML backgrounds with the object removed), as masked-loss DreamBooth does.
+    """
+    squared = F.mse_loss(pred, target, reduction="none")
+    if loss_mask is None:
+        return squared.mean(dim=(1, 2, 3))
+    mask = loss_mask.to(squared.dtype)
+    if mask.dim() != 4 or mask.shape[:2] != (pred.shape[0], 1):
+        raise ValueError(f"batch loss_mask: expected (B={pred.shape[0]},1,H,W); found {tuple(mask.shape)}")
+    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        raise ValueError("batch loss_mask: expected finite values in [0, 1]")
+    if mask.shape[-2:] != pred.shape[-2:]:
+        mask = F.interpolate(mask, size=pred.shape[-2:], mode="area")
+    kept = (mask.sum(dim=(1, 2, 3)) * pred.shape[1]).clamp_min(1e-8)
+    return (squared * mask).sum(dim=(1, 2, 3)) / kept
